@@ -1,0 +1,462 @@
+"""The typed, frozen configuration tree of one training run.
+
+One `Config` (sections data, model, loss, optim, train, eval) is validated at the boundary:
+`load_config(path, overrides)` reads YAML, applies `dotted.key=value` overrides and raises a
+`ConfigError` naming the dotted key, the bad value and what is allowed. Nothing downstream sees
+a raw dict. Defaults are the paper's settings (batch 8, 1000-step warm-up, seed 1234, 640x192).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from depthcore.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SyntheticConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "format_validation_error",
+    "load_config",
+    "parse_override",
+]
+
+PhotometricKind = Literal["standard", "ssim_m", "ssim_a", "l1"]
+
+
+class _Section(BaseModel):
+    # strict: YAML "0.5" (a string) is not silently a float; ints are still accepted for floats.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
+
+
+def _check_multiple_of_32(value: int) -> int:
+    if value % 32:
+        raise ValueError(f"must be a multiple of 32, got {value}")
+    return value
+
+
+class SyntheticConfig(_Section):
+    """The built-in synthetic KITTI-format drives (generated on first use into the cache)."""
+
+    drives: int = Field(4, ge=2, description="number of drives; the last one is the test drive")
+    frames: int = Field(100, ge=5, description="frames per drive")
+    native_width: int = Field(1242, ge=32, description="rendered image width (KITTI: 1242)")
+    native_height: int = Field(375, ge=32, description="rendered image height (KITTI: 375)")
+    seed: int = Field(0, ge=0, description="scene and trajectory seed")
+
+
+class DataConfig(_Section):
+    """Where frames come from and how they are prepared."""
+
+    dataset: Literal["synthetic", "kitti"] = "synthetic"
+    root: str | None = Field(None, description="KITTI raw root; synthetic: output folder")
+    split_dir: str | None = Field(None, description="folder with train_files.txt, val_files.txt")
+    height: int = Field(192, ge=32)
+    width: int = Field(640, ge=32)
+    img_ext: Literal["auto", ".png", ".jpg"] = "auto"
+    intrinsics: Literal["monodepth2", "calib"] = "monodepth2"
+    frame_ids: tuple[int, ...] = (0, -1, 1)
+    augment: bool = Field(True, description="colour jitter and horizontal flip, p = 0.5 each")
+    num_workers: int | Literal["auto"] = "auto"
+    cache: bool = Field(True, description="memory-mapped cache of decoded, resized frames")
+    cache_dir: str | None = Field(None, description="default: $DEPTHSWEEP_CACHE or ~/.cache")
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    _mult32_h = field_validator("height")(_check_multiple_of_32)
+    _mult32_w = field_validator("width")(_check_multiple_of_32)
+
+    @field_validator("frame_ids", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("frame_ids")
+    @classmethod
+    def _check_frame_ids(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(value) < 2 or value[0] != 0 or len(set(value)) != len(value):
+            raise ValueError(f"must start with 0 and list distinct source frames, got {list(value)}")
+        return value
+
+    @field_validator("num_workers")
+    @classmethod
+    def _check_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"must be >= 0 or 'auto', got {value}")
+        return value
+
+
+class ModelConfig(_Section):
+    """Monodepth2 networks; `upsample` and `scales` are the paper's decoder variants."""
+
+    encoder: Literal["resnet18", "resnet50"] = "resnet18"
+    pretrained: bool = Field(True, description="ImageNet weights (downloaded by torchvision)")
+    scales: tuple[int, ...] = (0, 1, 2, 3)
+    upsample: Literal["nearest", "subpixel", "bilinear"] = "nearest"
+    min_depth: float = Field(0.1, gt=0)
+    max_depth: float = Field(100.0, gt=0)
+
+    @field_validator("scales", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("scales")
+    @classmethod
+    def _check_scales(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or 0 not in value or any(s < 0 or s > 4 for s in value):
+            raise ValueError(f"must include 0 and lie in 0..4, got {list(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"must not repeat a scale, got {list(value)}")
+        return tuple(sorted(value))
+
+    @model_validator(mode="after")
+    def _check_depth_range(self) -> ModelConfig:
+        if self.max_depth <= self.min_depth:
+            raise ValueError(
+                f"max_depth ({self.max_depth}) must be greater than min_depth ({self.min_depth})"
+            )
+        return self
+
+
+class LossConfig(_Section):
+    """The photometric loss and its regularisers. Every swept weight is a field here."""
+
+    photometric: PhotometricKind = "standard"
+    ssim_weight: float = Field(0.85, ge=0, le=1, description="kappa (standard) or w (ssim_m)")
+    alpha: float = Field(1.0, ge=0, description="ssim_m exponent of luminance L")
+    beta: float = Field(1.0, ge=0, description="ssim_m exponent of contrast C")
+    gamma: float = Field(1.0, ge=0, description="ssim_m exponent of structure (1+S)/2")
+    w_mae: float = Field(0.4, ge=0, description="ssim_a weight of |I - I'|")
+    w_l: float = Field(0.5, ge=0, description="ssim_a weight of 1 - L")
+    w_c: float = Field(0.5, ge=0, description="ssim_a weight of 1 - C")
+    w_s: float = Field(0.7, ge=0, description="ssim_a weight of 1 - (1+S)/2")
+    ssim_window: int = Field(3, ge=3, description="odd pooling window of every SSIM variant")
+    c1: float = Field(1e-4, gt=0)
+    c2: float = Field(9e-4, gt=0)
+    smoothness: float = Field(1e-3, ge=0, description="edge-aware smoothness weight (/2^scale)")
+    automask: bool = Field(True, description="Monodepth2 auto-masking with identity reprojection")
+    min_reprojection: bool = Field(True, description="per-pixel min over sources (else mean)")
+
+    @field_validator("ssim_window")
+    @classmethod
+    def _odd_window(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be odd, got {value}")
+        return value
+
+    def relevant_keys(self) -> tuple[str, ...]:
+        """The fields that affect the loss for this `photometric` kind (the run identity)."""
+        common = ("photometric", "smoothness", "automask", "min_reprojection")
+        ssim = ("ssim_window", "c1", "c2")
+        by_kind = {
+            "standard": ("ssim_weight", *ssim),
+            "ssim_m": ("ssim_weight", "alpha", "beta", "gamma", *ssim),
+            "ssim_a": ("w_mae", "w_l", "w_c", "w_s", *ssim),
+            "l1": (),
+        }
+        return common + by_kind[self.photometric]
+
+
+class OptimConfig(_Section):
+    """Adam with linear warm-up, then a step decay at the end of epoch `lr_step_epochs`."""
+
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(8, ge=1, description="paper 8, Monodepth2 12")
+    warmup_steps: int = Field(1000, ge=0, description="linear warm-up (paper 1000, Monodepth2 0)")
+    lr_step_epochs: int = Field(15, ge=1, description="LR x lr_gamma after this many epochs")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+
+
+class TrainConfig(_Section):
+    """Schedule length, seed, device and speed switches."""
+
+    epochs: int = Field(20, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (quick runs)")
+    seed: int = Field(1234, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="CUDA only: bf16 autocast + channels_last")
+    compile: bool = Field(False, description="torch.compile the networks")
+    deterministic: bool = Field(False, description="cudnn.deterministic (slower on CUDA)")
+    loss_impl: Literal["fast", "reference"] = Field(
+        "fast", description="fast: identity reprojection once per batch; reference: per scale"
+    )
+    log_every: int = Field(50, ge=1, description="steps between train-loss lines in metrics.jsonl")
+
+
+class EvalConfig(_Section):
+    """The Eigen protocol: Garg crop, 1e-3..80 m, per-image median scaling."""
+
+    split_dir: str | None = Field(None, description="folder with test_files.txt (and gt_depths.npz)")
+    gt_path: str | None = Field(None, description="gt_depths.npz; default: found beside the split")
+    scales: tuple[int, ...] = Field((0,), description="decoder scales to evaluate (Table 4)")
+    batch_size: int = Field(16, ge=1)
+    min_depth: float = Field(1e-3, gt=0)
+    max_depth: float = Field(80.0, gt=0)
+    median_scaling: bool = True
+    garg_crop: bool = True
+    post_process: bool = Field(False, description="Monodepth2 flip post-processing")
+    every_epoch: bool = Field(True, description="evaluate after every epoch (learning curves)")
+    max_images: int | None = Field(None, ge=1, description="evaluate only the first N images")
+    save_predictions: int = Field(4, ge=0, description="test disparities kept for figures")
+
+    @field_validator("scales", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("scales")
+    @classmethod
+    def _check_scales(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(s < 0 or s > 4 for s in value) or len(set(value)) != len(value):
+            raise ValueError(f"must be distinct scales in 0..4, got {list(value)}")
+        return tuple(sorted(value))
+
+
+class Config(_Section):
+    """A whole training run. Frozen: derive variants with `apply_overrides`."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_eval_scales(self) -> Config:
+        missing = sorted(set(self.eval.scales) - set(self.model.scales))
+        if missing:
+            raise ValueError(
+                f"eval.scales {list(self.eval.scales)} includes {missing}, which the decoder does "
+                f"not output; add them to model.scales (now {list(self.model.scales)})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict (tuples become lists)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same experiment.
+
+        Drops loss weights that the chosen `photometric` kind ignores (so the baseline shared by
+        Tables 1-4 is one run), keys that only change speed or logging, and data locations (only a
+        split folder's name counts, so the same study on another machine has the same ids).
+        """
+        d = self.to_dict()
+        d["loss"] = {k: d["loss"][k] for k in self.loss.relevant_keys()}
+        for section, key in _NON_IDENTITY_KEYS:
+            d[section].pop(key, None)
+        for section, key in (("data", "split_dir"), ("eval", "split_dir"), ("eval", "gt_path")):
+            if d[section][key] is not None:
+                d[section][key] = Path(d[section][key]).name
+        if self.data.dataset == "kitti":
+            d["data"].pop("synthetic")
+        return d
+
+    def run_id(self) -> str:
+        """Content hash of `identity()`: the run folder's name in the results store."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_NON_IDENTITY_KEYS = (
+    ("data", "root"),
+    ("data", "num_workers"),
+    ("data", "cache"),
+    ("data", "cache_dir"),
+    ("train", "device"),
+    ("train", "compile"),
+    ("train", "loss_impl"),
+    ("train", "log_every"),
+    ("eval", "batch_size"),
+    ("eval", "every_epoch"),
+    ("eval", "save_predictions"),
+)
+
+_PATH_KEYS = (
+    ("data", "root"),
+    ("data", "split_dir"),
+    ("data", "cache_dir"),
+    ("eval", "split_dir"),
+    ("eval", "gt_path"),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `dotted.key=value`; the value is read as YAML (`0.5`, `true`, `[0, 1]`, `null`)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected dotted.key=value, e.g. loss.w_c=0.5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from exc
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `tree[a][b][c] = value` for key 'a.b.c', creating sections as needed."""
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: i + 1])
+            raise ConfigError(f"{key}: {prefix} is a value, not a section; cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; `update` wins. Neither input is modified."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _known_keys(loc: Sequence[str | int]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    loc = [str(p) for p in err["loc"]]
+    got = f", got {err['input']!r}" if "input" in err else ""
+    if kind == "extra_forbidden":
+        known = _known_keys(loc)
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key{hint}; known: {', '.join(known)}"
+    bounds = {
+        "greater_than_equal": ">=",
+        "greater_than": ">",
+        "less_than_equal": "<=",
+        "less_than": "<",
+    }
+    if kind in bounds:
+        (limit,) = ctx.values()
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
+        return f"must be {bounds[kind]} {limit}{got}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}{got}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg'].rstrip('.').lower()}{got}"
+
+
+def _dotted_loc(loc: Sequence[str | int]) -> str:
+    # pydantic appends the union member tried ("int", "literal['auto']") to the location.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))]
+    return ".".join(parts) or "config"
+
+
+_TYPE_TAGS = {"int", "float", "str", "bool", "none", "tuple", "list"}
+
+
+def format_validation_error(exc: ValidationError, source: str = "") -> str:
+    """One line per problem: `loss.w_c: must be >= 0, got -0.1`."""
+    seen: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        key = _dotted_loc(err["loc"])
+        seen.setdefault(key, f"{key}: {_describe(err)}")
+    where = f"{source}: " if source else ""
+    lines = list(seen.values())
+    if len(lines) == 1:
+        return where + lines[0]
+    return f"{where}{len(lines)} problems:\n  " + "\n  ".join(lines)
+
+
+def _absolutize_paths(tree: dict[str, Any], base_dir: Path) -> None:
+    for section, key in _PATH_KEYS:
+        node = tree.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            path = Path(node[key]).expanduser()
+            node[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
+
+
+def config_from_dict(
+    tree: Mapping[str, Any], *, source: str = "", base_dir: Path | None = None
+) -> Config:
+    """Validate a nested dict into a `Config`; relative paths resolve against `base_dir` (cwd)."""
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{source or 'config'}: expected a mapping of sections, got {tree!r}")
+    data = copy.deepcopy(dict(tree))
+    _absolutize_paths(data, base_dir or Path.cwd())
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file (and line, for syntax errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return tree
+
+
+def apply_overrides(tree: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of `tree` with each `dotted.key=value` applied in order."""
+    out = copy.deepcopy(dict(tree))
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(out, key, value)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a config file (or the defaults when `path` is None) and apply `--set` overrides.
+
+    Relative data paths resolve against the current directory (run from the repository root),
+    and are stored absolute in the resolved config.
+    """
+    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
+    tree = apply_overrides(tree, overrides)
+    source = str(path) if path is not None else ""
+    return config_from_dict(tree, source=source, base_dir=Path.cwd())
