@@ -90,7 +90,9 @@ class DataConfig(_Section):
     @classmethod
     def _check_frame_ids(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if len(value) < 2 or value[0] != 0 or len(set(value)) != len(value):
-            raise ValueError(f"must start with 0 and list distinct source frames, got {list(value)}")
+            raise ValueError(
+                f"must start with 0 and list distinct source frames, got {list(value)}"
+            )
         return value
 
     @field_validator("num_workers")
@@ -194,7 +196,9 @@ class TrainConfig(_Section):
     compile: bool = Field(False, description="torch.compile the networks")
     deterministic: bool = Field(False, description="cudnn.deterministic (slower on CUDA)")
     loss_impl: Literal["fast", "reference"] = Field(
-        "fast", description="fast: identity reprojection once per batch; reference: per scale"
+        "fast",
+        description="fast: identity reprojection once per batch, stacked SSIM pooling, one "
+        "pose-net pass; reference: Monodepth2's per-scale, per-source calls (same result)",
     )
     log_every: int = Field(50, ge=1, description="steps between train-loss lines in metrics.jsonl")
 
@@ -202,7 +206,9 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """The Eigen protocol: Garg crop, 1e-3..80 m, per-image median scaling."""
 
-    split_dir: str | None = Field(None, description="folder with test_files.txt (and gt_depths.npz)")
+    split_dir: str | None = Field(
+        None, description="folder with test_files.txt (and gt_depths.npz)"
+    )
     gt_path: str | None = Field(None, description="gt_depths.npz; default: found beside the split")
     scales: tuple[int, ...] = Field((0,), description="decoder scales to evaluate (Table 4)")
     batch_size: int = Field(16, ge=1)
@@ -269,6 +275,8 @@ class Config(_Section):
         for section, key in (("data", "split_dir"), ("eval", "split_dir"), ("eval", "gt_path")):
             if d[section][key] is not None:
                 d[section][key] = Path(d[section][key]).name
+            elif self.data.dataset == "kitti":
+                d[section][key] = _KITTI_DEFAULT_SPLITS.get((section, key))
         if self.data.dataset == "kitti":
             d["data"].pop("synthetic")
         return d
@@ -292,6 +300,9 @@ _NON_IDENTITY_KEYS = (
     ("eval", "every_epoch"),
     ("eval", "save_predictions"),
 )
+
+# What `None` means for KITTI (the bundled Monodepth2 splits), so explicit and implicit agree.
+_KITTI_DEFAULT_SPLITS = {("data", "split_dir"): "eigen_zhou", ("eval", "split_dir"): "eigen"}
 
 _PATH_KEYS = (
     ("data", "root"),

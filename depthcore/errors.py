@@ -16,7 +16,7 @@ class ConfigError(DepthcoreError, ValueError):
 
 
 class DataError(DepthcoreError):
-    """Input data is missing or malformed: a frame, a calibration file, a split line (exit code 2)."""
+    """Input data is missing or malformed: a frame, a calibration or split file (exit code 2)."""
 
     exit_code = 2
 

@@ -62,10 +62,21 @@ class RunLockedError(DepthcoreError):
 # Atomic writes
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; results must be as readable as any other file the user writes.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _atomic_write(path: Path, write: Any, mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
@@ -102,6 +113,7 @@ def atomic_path(path: str | Path) -> contextlib.AbstractContextManager[Path]:
 def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -321,11 +333,17 @@ def git_commit(repo: str | Path | None = None) -> str | None:
     try:
         sha = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -333,8 +351,8 @@ def git_commit(repo: str | Path | None = None) -> str | None:
 
 
 def package_versions(names: tuple[str, ...] = ()) -> dict[str, str]:
-    from importlib import metadata
     import platform
+    from importlib import metadata
 
     names = names or ("depthsweep", "torch", "torchvision", "numpy", "pillow", "ray", "optuna")
     versions = {"python": platform.python_version()}

@@ -1,0 +1,441 @@
+"""Benchmarks of the training step, the loss and the data path (runners/bench.py).
+
+Every number is a median over timed repetitions after warm-up. The full step is data → forward →
+loss → backward → optimiser, timed end to end (synchronised per step). The breakdown times the
+same step with a synchronisation between phases. The *reference* path is the straightforward
+Monodepth2 recipe: images decoded and resized for every sample (no frame cache), identity
+reprojection recomputed at every scale, one pooling call per SSIM statistic, one pose-network
+pass per frame pair. The *fast* path switches all of these on; `--ablate` times each alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from depthcore.config import Config, config_from_dict, deep_merge, load_config
+from depthcore.data import build_train_loader, resolve_data
+from depthcore.engine import (
+    Runtime,
+    batch_to_device,
+    depth_forward,
+    forward_losses,
+    loss_forward,
+    optimiser_step,
+    pose_forward,
+    prepare_images,
+    resolve_device,
+    seed_everything,
+)
+from depthcore.errors import ConfigError
+from depthcore.networks import build_models
+
+PHASES = ("data", "depth_net", "pose_net", "warp_and_loss", "backward", "optimiser")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which speed-ups are on."""
+
+    name: str
+    cache: bool = True
+    fast: bool = True
+    amp: bool = True  # bf16 autocast + channels_last; CUDA only
+    compile: bool = False
+
+
+REFERENCE = Variant("reference", cache=False, fast=False, amp=False)
+FAST = Variant("fast")
+
+
+@dataclass
+class StepResult:
+    variant: str
+    samples_per_s: float  # median over steps
+    step_ms: float
+    breakdown_ms: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float = 0.0
+    gpu_util_percent: float | None = None
+
+
+def bench_config(
+    device: str, height: int, width: int, batch: int, overrides: Sequence[str] = ()
+) -> Config:
+    """The benchmark's engine config: synthetic KITTI-size drives, no pretrained download."""
+    base = [
+        "data.dataset=synthetic",
+        f"data.height={height}",
+        f"data.width={width}",
+        f"optim.batch_size={batch}",
+        f"train.device={device}",
+        "model.pretrained=false",
+        "optim.warmup_steps=0",
+        "data.synthetic.drives=2",
+        "data.synthetic.frames=60",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
+def _with(cfg: Config, **sections: dict[str, Any]) -> Config:
+    return config_from_dict(deep_merge(cfg.to_dict(), sections))
+
+
+def _variant_config(cfg: Config, variant: Variant) -> Config:
+    return _with(cfg, data={"cache": variant.cache}, train={"amp": variant.amp})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _endless(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _runtime(cfg: Config, variant: Variant) -> tuple[Runtime, torch.optim.Optimizer]:
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    torch.backends.cudnn.benchmark = True
+    amp = variant.amp and device.type == "cuda"
+    models = build_models(cfg.model).to(device)
+    if amp:
+        models = models.to(memory_format=torch.channels_last)
+    if variant.compile:
+        for module in (models.encoder, models.depth, models.pose_encoder, models.pose):
+            module.compile()
+    rt = Runtime(cfg=cfg, models=models, device=device, amp=amp, fast=variant.fast)
+    return rt, torch.optim.Adam(models.parameters(), lr=cfg.optim.lr)
+
+
+def _timed_phases(
+    rt: Runtime, opt: torch.optim.Optimizer, batches: Iterator[dict[str, torch.Tensor]]
+) -> dict[str, float]:
+    """One step with a synchronisation after every phase: seconds per phase."""
+    marks = [time.perf_counter()]
+
+    def mark() -> None:
+        _sync(rt.device)
+        marks.append(time.perf_counter())
+
+    batch = batch_to_device(next(batches), rt.device)
+    mark()
+    images, images_aug = prepare_images(rt, batch)
+    disps = depth_forward(rt, images_aug)
+    mark()
+    poses = pose_forward(rt, images_aug)
+    mark()
+    terms = loss_forward(rt, batch, images, disps, poses)
+    mark()
+    opt.zero_grad(set_to_none=True)
+    terms.total.backward()
+    mark()
+    opt.step()
+    mark()
+    return dict(zip(PHASES, (b - a for a, b in itertools.pairwise(marks)), strict=True))
+
+
+def _timed_step(
+    rt: Runtime, opt: torch.optim.Optimizer, batches: Iterator[dict[str, torch.Tensor]]
+) -> float:
+    start = time.perf_counter()
+    terms = forward_losses(rt, batch_to_device(next(batches), rt.device))
+    optimiser_step(opt, terms.total)
+    _sync(rt.device)
+    return time.perf_counter() - start
+
+
+def bench_step(cfg: Config, variant: Variant, *, steps: int, warmup: int) -> StepResult:
+    """Median samples/s of the full training step, with a per-phase breakdown."""
+    cfg = _variant_config(cfg, variant)
+    rt, opt = _runtime(cfg, variant)
+    batches = _endless(build_train_loader(cfg, resolve_data(cfg)))
+    for _ in range(warmup):
+        _timed_step(rt, opt, batches)
+    _reset_peak(rt.device)
+    with _GpuSampler(rt.device) as util:
+        times = [_timed_step(rt, opt, batches) for _ in range(steps)]
+    phases = [_timed_phases(rt, opt, batches) for _ in range(max(3, steps // 2))]
+    step_s = statistics.median(times)
+    return StepResult(
+        variant=variant.name,
+        samples_per_s=cfg.optim.batch_size / step_s,
+        step_ms=1e3 * step_s,
+        breakdown_ms={p: 1e3 * statistics.median(ph[p] for ph in phases) for p in PHASES},
+        peak_memory_mb=_peak_memory_mb(rt.device),
+        gpu_util_percent=util.mean,
+    )
+
+
+def bench_loss(cfg: Config, *, fast: bool, steps: int, warmup: int) -> float:
+    """Samples/s of the multi-scale photometric loss alone (forward + backward), random inputs."""
+    from depthcore.geometry import scale_intrinsics
+    from depthcore.losses import compute_losses
+
+    device = resolve_device(cfg.train.device)
+    b, h, w = cfg.optim.batch_size, cfg.data.height, cfg.data.width
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    images = torch.rand(b, len(cfg.data.frame_ids), 3, h, w, generator=gen).to(device)
+    k = scale_intrinsics(torch.tensor(_MONODEPTH2_K), h, w).expand(b, 4, 4).to(device)
+    poses = {f: torch.eye(4, device=device).expand(b, 4, 4).clone() for f in cfg.data.frame_ids[1:]}
+    for pose in poses.values():
+        pose[:, 0, 3] = 0.05
+    disps = {
+        s: torch.rand(b, 1, h >> s, w >> s, generator=gen).to(device).requires_grad_()
+        for s in cfg.model.scales
+    }
+
+    def once() -> float:
+        start = time.perf_counter()
+        terms = compute_losses(
+            disps, images, poses, k, torch.linalg.inv(k),
+            frame_ids=cfg.data.frame_ids, loss=cfg.loss, min_depth=cfg.model.min_depth,
+            max_depth=cfg.model.max_depth, identity_once=fast,
+        )  # fmt: skip
+        terms.total.backward()
+        _sync(device)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        once()
+    return b / statistics.median(once() for _ in range(steps))
+
+
+_MONODEPTH2_K = [[0.58, 0, 0.5, 0], [0, 1.92, 0.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+
+
+def bench_data(cfg: Config, *, cache: bool, batches: int) -> float:
+    """Samples/s of the training loader alone (read, decode/resize or cache hit, augment draws).
+
+    With the cache, one pass warms it first; without it, every frame is decoded and resized.
+    """
+    cfg = _with(cfg, data={"cache": cache})
+    loader = build_train_loader(cfg, resolve_data(cfg))
+    if cache:
+        for _ in loader:
+            pass
+    it = _endless(loader)
+    next(it)  # workers up
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * cfg.optim.batch_size / (time.perf_counter() - start)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class _GpuSampler:
+    """Mean GPU utilisation (%) over a block, sampled with NVML (or nvidia-smi) every 100 ms."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.samples, self.mean = device, [], None
+        self._stop = threading.Event()
+        self._read = _nvml_reader(device) if device.type == "cuda" else None
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            with contextlib.suppress(Exception):
+                self.samples.append(self._read())
+
+    def __enter__(self) -> _GpuSampler:
+        if self._read is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._read is not None:
+            self._thread.join()
+            self.mean = statistics.fmean(self.samples) if self.samples else None
+
+
+def _nvml_reader(device: torch.device) -> Callable[[], float] | None:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except Exception:  # no NVML bindings: fall back to the CLI
+        query = [
+            "nvidia-smi",
+            f"--id={index}",
+            "--query-gpu=utilization.gpu",
+            "--format=csv,noheader,nounits",
+        ]
+        return lambda: float(
+            subprocess.run(query, capture_output=True, text=True, timeout=5).stdout
+        )
+
+
+def bench_pack(args: Sequence[str], n: int) -> dict[str, Any]:
+    """Run `n` step benchmarks at once on the same device (fractional-GPU packing, as Ray's
+    `resources: {gpu: 1/n}` would): combined samples/s."""
+    cmd = [sys.executable, "-m", "depthcore.bench", *args, "--json", "--only-step"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // n))}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise ConfigError(f"a packed benchmark process failed: {cmd}")
+    per = [r["steps"][0]["samples_per_s"] for r in results]
+    return {"processes": n, "samples_per_s_each": per, "combined_samples_per_s": sum(per)}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'192x640' -> (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 192x640") from None
+    return h, w
+
+
+def run(options: dict[str, Any]) -> dict[str, Any]:
+    """Everything runners/bench.py prints, as one dict."""
+    h, w = parse_size(options["size"])
+    cfg = bench_config(options["device"], h, w, options["batch"], options.get("overrides", ()))
+    steps, warmup = options["steps"], options["warmup"]
+    variants = [FAST] if options.get("only_step") else [REFERENCE, FAST]
+    if options.get("ablate"):
+        variants += [
+            Variant("fast-no-cache", cache=False),
+            Variant("fast-reference-loss-and-pose", fast=False),
+            Variant("fast-fp32", amp=False),
+        ]
+    if options.get("compile"):
+        variants.append(Variant("fast+compile", compile=True))
+    out: dict[str, Any] = {
+        "device": options["device"],
+        "device_name": _device_name(cfg),
+        "size": [h, w],
+        "batch": cfg.optim.batch_size,
+        "loss": cfg.loss.photometric,
+        "steps": [asdict(bench_step(cfg, v, steps=steps, warmup=warmup)) for v in variants],
+    }
+    if options.get("only_step"):
+        return out
+    ref, fast = out["steps"][0]["samples_per_s"], out["steps"][1]["samples_per_s"]
+    out["step_speedup"] = fast / ref
+    out["loss_samples_per_s"] = {
+        "reference": bench_loss(cfg, fast=False, steps=steps, warmup=warmup),
+        "fast": bench_loss(cfg, fast=True, steps=steps, warmup=warmup),
+    }
+    data_batches = options.get("data_batches", 20)
+    cached = bench_data(cfg, cache=True, batches=data_batches)
+    decoded = bench_data(cfg, cache=False, batches=data_batches)
+    out["data_samples_per_s"] = {"cache": cached, "decode": decoded, "speedup": cached / decoded}
+    if options.get("pack", 1) > 1:
+        out["pack"] = bench_pack(options["argv"], options["pack"])
+    return out
+
+
+def _device_name(cfg: Config) -> str:
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def format_report(res: dict[str, Any]) -> str:
+    """Human-readable tables of `run`'s result."""
+    lines = [
+        f"device {res['device_name']}, {res['size'][0]}x{res['size'][1]}, batch {res['batch']}"
+    ]
+    lines.append(f"{'full step':<30}{'samples/s':>10}{'ms/step':>9}{'peak MB':>9}{'GPU %':>7}")
+    for s in res["steps"]:
+        util = "-" if s["gpu_util_percent"] is None else f"{s['gpu_util_percent']:.0f}"
+        lines.append(
+            f"{s['variant']:<30}{s['samples_per_s']:>10.1f}{s['step_ms']:>9.1f}"
+            f"{s['peak_memory_mb']:>9.0f}{util:>7}"
+        )
+    lines.append("breakdown (ms, synchronised): " + " | ".join(PHASES))
+    for s in res["steps"]:
+        parts = " | ".join(f"{s['breakdown_ms'][p]:.1f}" for p in PHASES)
+        lines.append(f"  {s['variant']:<28}{parts}")
+    if "step_speedup" in res:
+        lines.append(f"fast / reference full step: {res['step_speedup']:.2f}x")
+    if "loss_samples_per_s" in res:
+        loss = res["loss_samples_per_s"]
+        lines.append(
+            f"loss alone ({res['loss']}): reference {loss['reference']:.1f}, fast "
+            f"{loss['fast']:.1f} samples/s ({loss['fast'] / loss['reference']:.2f}x)"
+        )
+    if "data_samples_per_s" in res:
+        data = res["data_samples_per_s"]
+        lines.append(
+            f"data path alone: decode+resize {data['decode']:.1f}, cache {data['cache']:.1f} "
+            f"samples/s ({data['speedup']:.1f}x)"
+        )
+    if "pack" in res:
+        pack = res["pack"]
+        each = ", ".join(f"{v:.1f}" for v in pack["samples_per_s_each"])
+        lines.append(
+            f"{pack['processes']} packed processes: {each} -> {pack['combined_samples_per_s']:.1f}"
+            " samples/s combined"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from depthcore.cli import add_set_option
+
+    parser = argparse.ArgumentParser(prog="runners/bench.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--size", default="192x640", help="HEIGHTxWIDTH (default 192x640)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--data-batches", type=int, default=20)
+    parser.add_argument("--ablate", action="store_true", help="also time each speed-up alone")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--pack", type=int, default=1, help="N processes sharing the device")
+    parser.add_argument("--only-step", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_set_option(parser)
+    args = parser.parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    passthrough = [a for a in argv_list if a not in ("--json", "--ablate", "--compile")]
+    passthrough = [a for i, a in enumerate(passthrough) if not _is_pack(passthrough, i)]
+    res = run({**vars(args), "argv": passthrough})
+    print(json.dumps(res) if args.json else format_report(res))
+    return 0
+
+
+def _is_pack(argv: Sequence[str], i: int) -> bool:
+    return argv[i].startswith("--pack") or (i > 0 and argv[i - 1] == "--pack")
+
+
+if __name__ == "__main__":
+    from depthcore.cli import run_main
+
+    run_main(main)

@@ -1,0 +1,543 @@
+"""The training engine: one Monodepth2 run from a `Config` to a finished run folder.
+
+`train(cfg, run_dir)` reads as: set up (seed, data, networks, optimiser, resume) → for each epoch
+(train steps → evaluate → checkpoint → report) → final evaluation → final.json. A training step is
+forward (depth + pose) → losses (fp32) → backward → Adam. The engine never imports Ray: it
+reports each epoch through a plain callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from depthcore import store
+from depthcore.config import Config
+from depthcore.data import (
+    DataPaths,
+    build_test_loader,
+    build_train_loader,
+    load_gt_depths,
+    resolve_data,
+)
+from depthcore.data.augment import apply_jitter
+from depthcore.errors import ConfigError, TrainingError
+from depthcore.evaluate import Evaluation, Predictions, evaluate_predictions, predict
+from depthcore.losses import LossTerms, compute_losses
+from depthcore.metrics import METRIC_NAMES
+from depthcore.networks import Models, build_models, predict_depth, predict_poses
+
+ReportFn = Callable[[dict[str, Any]], None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices, seeds and the learning-rate schedule
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available; asking for CUDA without one is a config error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.device: 'cuda' was requested but torch.cuda.is_available() is False "
+            "(no GPU, or a CPU-only torch build); use train.device=auto or cpu"
+        )
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def learning_rate(cfg: Config, step: int, epoch: int) -> float:
+    """Linear warm-up over `optim.warmup_steps`, then x`lr_gamma` from epoch `lr_step_epochs`.
+
+    `epoch` counts from 0; the decay applies from the epoch after `lr_step_epochs` completed
+    epochs (the paper's 15 + 5), i.e. the scheduler steps at the end of an epoch.
+    """
+    opt = cfg.optim
+    warm = min(1.0, (step + 1) / opt.warmup_steps) if opt.warmup_steps else 1.0
+    decay = opt.lr_gamma ** (epoch // opt.lr_step_epochs)
+    return opt.lr * warm * decay
+
+
+# ----------------------------------------------------------------------------------------------
+# One training step
+
+
+@dataclass
+class Runtime:
+    """What a step needs besides the batch: networks, device, precision and implementation."""
+
+    cfg: Config
+    models: Models
+    device: torch.device
+    amp: bool  # bf16 autocast + channels_last (CUDA only)
+    fast: bool = True  # identity reprojection once per batch, stacked pooling, batched pose net
+
+    @property
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+
+def batch_to_device(
+    batch: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def prepare_images(
+    rt: Runtime, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw, augmented) float frames (B, F, 3, H, W); the losses see raw, the networks augmented."""
+    images = batch["color"].float().div_(255)
+    if not rt.cfg.data.augment:
+        return images, images
+    jittered = apply_jitter(images, batch["jitter"], batch["jitter_order"], batch["do_jitter"])
+    return images, jittered
+
+
+def depth_forward(rt: Runtime, images_aug: torch.Tensor) -> dict[int, torch.Tensor]:
+    target = images_aug[:, 0]
+    if rt.amp:
+        target = target.contiguous(memory_format=torch.channels_last)
+    with rt.autocast:
+        return predict_depth(rt.models, target)
+
+
+def pose_forward(rt: Runtime, images_aug: torch.Tensor) -> dict[int, torch.Tensor]:
+    with rt.autocast:
+        return predict_poses(rt.models, images_aug, rt.cfg.data.frame_ids, batched=rt.fast)
+
+
+def loss_forward(
+    rt: Runtime,
+    batch: dict[str, torch.Tensor],
+    images: torch.Tensor,
+    disps: dict[int, torch.Tensor],
+    poses: dict[int, torch.Tensor],
+) -> LossTerms:
+    """Warping and losses in fp32, outside autocast."""
+    cfg = rt.cfg
+    with torch.autocast(rt.device.type, enabled=False):
+        return compute_losses(
+            {s: d.float() for s, d in disps.items()},
+            images,
+            poses,
+            batch["K"],
+            batch["inv_K"],
+            frame_ids=cfg.data.frame_ids,
+            loss=cfg.loss,
+            min_depth=cfg.model.min_depth,
+            max_depth=cfg.model.max_depth,
+            identity_once=rt.fast,
+        )
+
+
+def forward_losses(rt: Runtime, batch: dict[str, torch.Tensor]) -> LossTerms:
+    """Depth and pose forward passes on augmented frames, then the losses on raw frames."""
+    images, images_aug = prepare_images(rt, batch)
+    disps = depth_forward(rt, images_aug)
+    poses = pose_forward(rt, images_aug)
+    return loss_forward(rt, batch, images, disps, poses)
+
+
+def optimiser_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@dataclass
+class Progress:
+    """Position in the schedule; saved in every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps done
+    elapsed_s: float = 0.0  # training wall time over all resumed segments
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: Path, rt: Runtime, optimizer: torch.optim.Optimizer, prog: Progress
+) -> Path:
+    """Models, optimiser, schedule position and RNG states, written atomically."""
+    path = run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
+    state = {
+        "models": rt.models.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "progress": vars(prog).copy(),
+        "rng": _rng_state(),
+        "run_id": rt.cfg.run_id(),
+        "height": rt.cfg.data.height,
+        "width": rt.cfg.data.width,
+    }
+    with store.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path.parent
+
+
+def load_checkpoint(run_dir: Path, rt: Runtime, optimizer: torch.optim.Optimizer) -> Progress:
+    path = run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
+    state = torch.load(path, map_location=rt.device, weights_only=False)
+    if state.get("run_id") != rt.cfg.run_id():
+        raise ConfigError(
+            f"{path}: checkpoint belongs to run {state.get('run_id')}, not {rt.cfg.run_id()}; "
+            "use another output folder or delete the checkpoint"
+        )
+    rt.models.load_state_dict(state["models"])
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return Progress(**state["progress"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Non-finite losses are checked in batches of steps: a per-step .item() would stall the GPU queue.
+
+
+@dataclass
+class LossLog:
+    """Per-step loss terms kept on the device until the next check."""
+
+    steps: list[int] = field(default_factory=list)
+    terms: list[torch.Tensor] = field(default_factory=list)  # (3,) total, photometric, smoothness
+
+    def add(self, step: int, t: LossTerms) -> None:
+        self.steps.append(step)
+        self.terms.append(
+            torch.stack([t.total.detach(), t.photometric.detach(), t.smoothness.detach()])
+        )
+
+    def flush(self) -> np.ndarray:
+        """(n, 3) float64 of the logged terms; raises TrainingError at the first non-finite one."""
+        if not self.terms:
+            return np.zeros((0, 3))
+        values = torch.stack(self.terms).float().cpu().numpy().astype(np.float64)
+        steps, self.steps, self.terms = self.steps, [], []
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if bad.size:
+            total, photo, smooth = values[bad[0]]
+            raise TrainingError(
+                f"non-finite loss at step {steps[bad[0]]}: total={total}, photometric={photo}, "
+                f"smoothness={smooth}; lower optim.lr or check the loss weights"
+            )
+        return values
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class _Run:
+    cfg: Config
+    run_dir: Path
+    rt: Runtime
+    optimizer: torch.optim.Optimizer
+    paths: DataPaths
+    prog: Progress
+    report: ReportFn | None
+    progress_bar: bool
+    _gts: list[np.ndarray] | None = None
+
+    @property
+    def gts(self) -> list[np.ndarray]:
+        if self._gts is None:
+            self._gts = load_gt_depths(self.paths.gt_path)
+        return self._gts
+
+
+def train(
+    cfg: Config, run_dir: str | Path, *, report: ReportFn | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) one run into `run_dir`, evaluate it and return final.json's contents.
+
+    A run folder that already holds final.json is returned as is, without training.
+    """
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with store.RunLock(run_dir):
+        final = store.read_final(run_dir)
+        if final is not None:
+            return final
+        _claim_config(cfg, run_dir)
+        run = None
+        try:
+            run = _setup(cfg, run_dir, report, progress)
+            return _run(run)
+        except BaseException as exc:
+            # Ctrl-C and Ray stopping a trial (SystemExit) interrupt a run; they are no failure.
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                _record_error(run_dir, exc, run.prog.step if run is not None else None)
+            raise
+
+
+def _claim_config(cfg: Config, run_dir: Path) -> None:
+    existing = store.read_run_config(run_dir)
+    if existing is not None and _run_id_of(existing) not in (None, cfg.run_id()):
+        raise ConfigError(
+            f"{run_dir}: holds a different run ({store.CONFIG_FILE} differs); "
+            "use another output folder"
+        )
+    store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
+    (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
+
+
+def _run_id_of(tree: dict[str, Any]) -> str | None:
+    """The run id of a stored config, or None when it no longer validates (older schema)."""
+    from depthcore.config import config_from_dict
+
+    try:
+        return config_from_dict(tree).run_id()
+    except ConfigError:
+        return None
+
+
+def _record_error(run_dir: Path, exc: BaseException, step: int | None) -> None:
+    store.write_json_atomic(
+        run_dir / store.ERROR_FILE,
+        {
+            "error": str(exc),
+            "type": type(exc).__name__,
+            "traceback": traceback.format_exc(),
+            "step": step,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+
+
+def _setup(cfg: Config, run_dir: Path, report: ReportFn | None, progress: bool) -> _Run:
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    torch.backends.cudnn.deterministic = cfg.train.deterministic
+    paths = resolve_data(cfg)
+    amp = cfg.train.amp and device.type == "cuda"
+    models = build_models(cfg.model).to(device)
+    if amp:
+        models = models.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(models.parameters(), lr=cfg.optim.lr)
+    rt = Runtime(cfg=cfg, models=models, device=device, amp=amp, fast=cfg.train.loss_impl == "fast")
+    prog = Progress()
+    if store.has_checkpoint(run_dir):
+        prog = load_checkpoint(run_dir, rt, optimizer)
+    store.truncate_metrics(run_dir / store.METRICS_FILE, prog.step)
+    if cfg.train.compile:
+        for module in (models.encoder, models.depth, models.pose_encoder, models.pose):
+            module.compile()
+    return _Run(cfg, run_dir, rt, optimizer, paths, prog, report, progress)
+
+
+def _run(run: _Run) -> dict[str, Any]:
+    cfg = run.cfg
+    loader = build_train_loader(cfg, run.paths)
+    steps_per_epoch = len(loader)
+    if cfg.train.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} is larger than the training split "
+            f"({len(loader.dataset)} samples); lower it"
+        )
+    while run.prog.epoch < cfg.train.epochs:
+        record = _train_epoch(run, loader, steps_per_epoch)
+        _end_epoch(run, record)
+    return _finish(run)
+
+
+def _batches(loader: Any, epoch: int, limit: int) -> Iterator[dict[str, torch.Tensor]]:
+    for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+    for i, batch in enumerate(loader):
+        if i >= limit:
+            break
+        yield batch
+
+
+def _train_epoch(run: _Run, loader: Any, steps: int) -> dict[str, Any]:
+    cfg, rt, prog = run.cfg, run.rt, run.prog
+    rt.models.train()
+    log, losses = LossLog(), []
+    bar = _progress_bar(run, steps)
+    start = time.perf_counter()
+    for batch in _batches(loader, prog.epoch, steps):
+        lr = learning_rate(cfg, prog.step, prog.epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        terms = forward_losses(rt, batch_to_device(batch, rt.device))
+        optimiser_step(run.optimizer, terms.total)
+        log.add(prog.step, terms)
+        prog.step += 1
+        if prog.step % cfg.train.log_every == 0 or prog.step == 1:
+            losses.extend(_log_train(run, log, lr, start, bar))
+        if bar is not None:
+            bar.update(1)
+    losses.extend(_log_train(run, log, lr, start, bar, write=False))
+    if bar is not None:
+        bar.close()
+    prog.epoch += 1
+    prog.elapsed_s += time.perf_counter() - start
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr}
+
+
+def _log_train(
+    run: _Run, log: LossLog, lr: float, start: float, bar: Any, *, write: bool = True
+) -> list[float]:
+    step = run.prog.step
+    values = log.flush()
+    if values.size and write:
+        store.append_jsonl(
+            run.run_dir / store.METRICS_FILE,
+            {
+                "type": "train",
+                "epoch": run.prog.epoch + 1,
+                "step": step,
+                "loss": float(values[-1, 0]),
+                "lr": lr,
+                "time_s": round(run.prog.elapsed_s + time.perf_counter() - start, 3),
+            },
+        )
+    if values.size and bar is not None:
+        bar.set_postfix(loss=f"{values[-1, 0]:.4f}", lr=f"{lr:.2e}")
+    return [float(v) for v in values[:, 0]]
+
+
+def _progress_bar(run: _Run, steps: int) -> Any:
+    if not run.progress_bar:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=steps, desc=f"epoch {run.prog.epoch + 1}/{run.cfg.train.epochs}", leave=False)
+
+
+def _end_epoch(run: _Run, record: dict[str, Any]) -> None:
+    cfg, prog = run.cfg, run.prog
+    metrics: dict[str, float] = {}
+    if cfg.eval.every_epoch or prog.epoch == cfg.train.epochs:
+        evaluation = _evaluate(run, scales=(0,), keep_rgb=0)[1]
+        metrics = evaluation.metrics_by_scale[0]
+    ckpt_dir = save_checkpoint(run.run_dir, run.rt, run.optimizer, prog)
+    line = {
+        "type": "epoch",
+        "epoch": prog.epoch,
+        "step": prog.step,
+        "time_s": round(prog.elapsed_s, 3),
+        **record,
+        **metrics,
+    }
+    store.append_jsonl(run.run_dir / store.METRICS_FILE, line)
+    if run.progress_bar:
+        shown = ", ".join(
+            f"{k} {metrics[k]:.4f}" for k in ("abs_rel", "rmse", "a1") if k in metrics
+        )
+        print(f"epoch {prog.epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f} {shown}")
+    if run.report is not None:
+        run.report({**line, "checkpoint_dir": str(ckpt_dir)})
+
+
+def _evaluate(run: _Run, scales: tuple[int, ...], keep_rgb: int) -> tuple[Predictions, Evaluation]:
+    loader = build_test_loader(run.cfg, run.paths)
+    preds = predict(
+        run.rt.models,
+        loader,
+        model_cfg=run.cfg.model,
+        scales=scales,
+        device=run.rt.device,
+        post_process=run.cfg.eval.post_process,
+        keep_rgb=keep_rgb,
+        autocast=run.rt.amp,
+    )
+    return preds, evaluate_predictions(preds, run.gts, run.cfg.eval)
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    cfg, run_dir = run.cfg, run.run_dir
+    preds, evaluation = _evaluate(run, scales=cfg.eval.scales, keep_rgb=cfg.eval.save_predictions)
+    _write_per_image(run_dir, evaluation)
+    _write_predictions(run_dir, preds, cfg.eval.save_predictions)
+    final = {
+        "run_id": cfg.run_id(),
+        "metrics": evaluation.metrics_by_scale[min(cfg.eval.scales)],
+        "metrics_by_scale": {str(s): m for s, m in evaluation.metrics_by_scale.items()},
+        "n_images": evaluation.n_images,
+        "epochs": run.prog.epoch,
+        "steps": run.prog.step,
+        "wall_time_s": round(run.prog.elapsed_s, 3),
+        "device": describe_device(run.rt.device),
+        "seed": cfg.train.seed,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **store.provenance(),
+    }
+    store.write_json_atomic(run_dir / store.FINAL_FILE, final)
+    return final
+
+
+def _write_per_image(run_dir: Path, evaluation: Evaluation) -> None:
+    header = ",".join(["image", "scale", *METRIC_NAMES])
+    lines = [header]
+    for row in evaluation.per_image:
+        values = [
+            str(row["image"]),
+            str(row["scale"]),
+            *(repr(float(row[m])) for m in METRIC_NAMES),
+        ]
+        lines.append(",".join(values))
+    store.write_text_atomic(run_dir / store.PER_IMAGE_FILE, "\n".join(lines) + "\n")
+
+
+def _write_predictions(run_dir: Path, preds: Predictions, keep: int) -> None:
+    if keep == 0 or not preds.rgb:
+        return
+    n = len(preds.rgb)
+    scales = sorted(preds.disp)
+    disp = np.stack([np.stack([preds.disp[s][i] for s in scales]) for i in range(n)])
+    with store.atomic_path(run_dir / store.PREDICTIONS_FILE) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            image_index=np.asarray(preds.index[:n], dtype=np.int64),
+            rgb=np.stack(preds.rgb).astype(np.uint8),
+            scales=np.asarray(scales, dtype=np.int64),
+            disp=disp.astype(np.float32),
+        )

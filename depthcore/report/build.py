@@ -1,0 +1,413 @@
+"""Build the report of one or more sweeps (or of an imported CSV) from result files alone.
+
+Layout: <out>/<sweep>/{ablation.md,.tex,.csv,.html, marginals.csv, marginals.md, importance.csv,
+significance.csv, per_scale.csv, runs.csv, summary.json, figures/*.png|pdf, report.html} and
+<out>/index.html. Outputs carry no timestamps, so building twice gives identical bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from depthcore import store
+from depthcore.errors import ConfigError
+from depthcore.metrics import METRIC_NAMES
+from depthcore.report import figures as plots
+from depthcore.report import tables, views
+from depthcore.report.html import FigureRef, Section, Table, render_index, render_report
+from depthcore.report.loading import (
+    BASELINE,
+    SweepData,
+    load_csv,
+    load_sweep,
+    read_curves,
+    read_predictions,
+    read_scales,
+    select_sweeps,
+)
+from depthcore.report.marginals import best_values, grid_points, marginal_stats, param_importance
+from depthcore.report.significance import daggers, significance
+
+FORMATS = ("md", "tex", "csv", "html")
+SUMMARY_FILE = "summary.json"
+
+
+def build_report(
+    results_dir: str | Path,
+    sweeps: Iterable[str] | None = None,
+    out: str | Path | None = None,
+    formats: Iterable[str] = FORMATS,
+    *,
+    figures: bool = True,
+) -> Path:
+    """Report every sweep in `<results_dir>/sweeps/*.yaml` (or only `sweeps`); returns `out`.
+
+    Args:
+        results_dir: the results store (runs/ and sweeps/).
+        sweeps: sweep names (index file stems); None: all of them.
+        out: output folder; default `<results_dir>/report`.
+        formats: ablation-table formats among md, tex, csv, html.
+        figures: False skips the figures (tables only, much faster).
+
+    Raises ConfigError (unknown sweep or format) and DataError (no results), both exit code 2.
+    """
+    results = Path(results_dir)
+    wanted = check_formats(formats)
+    names = select_sweeps(results, list(sweeps) if sweeps else None)
+    out = Path(out) if out is not None else results / "report"
+    for name in names:
+        write_sweep_report(load_sweep(results, name), out / name, wanted, figures=figures)
+    write_index(out)
+    return out
+
+
+def import_csv(
+    csv_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    name: str | None = None,
+    dataset: str | None = "kitti",
+    formats: Iterable[str] = FORMATS,
+    figures: bool = True,
+) -> Path:
+    """Report results obtained elsewhere: one CSV row per run (see README); returns `out`.
+
+    Args:
+        csv_path: columns named like sweep keys (e.g. loss.w_c), the 7 metrics, optional seed,
+            label and role ('baseline' marks the baseline row).
+        out: output folder; default `report/` beside the CSV.
+        name: report name; default the CSV's file name without extension.
+        dataset: 'kitti' adds Monodepth2's published row on top; anything else does not.
+        formats, figures: as for `build_report`.
+    """
+    wanted = check_formats(formats)
+    data = load_csv(Path(csv_path), name=name, dataset=dataset)
+    out = Path(out) if out is not None else Path(csv_path).parent / "report"
+    write_sweep_report(data, out / data.name, wanted, figures=figures)
+    write_index(out)
+    return out
+
+
+def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+    wanted = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown or not wanted:
+        raise ConfigError(
+            f"unknown format {', '.join(unknown) or '(none)'}; use {','.join(FORMATS)}"
+        )
+    return wanted
+
+
+# ----------------------------------------------------------------------------------------------
+# One sweep
+
+
+def write_sweep_report(
+    data: SweepData, folder: Path, formats: tuple[str, ...], *, figures: bool = True
+) -> Path:
+    """Write every table, figure and report.html of one sweep into `folder`."""
+    configs = tables.aggregate_configs(data)
+    sig, sig_note = significance(data, configs)
+    rows = tables.ablation_rows(configs, data)
+    dagger = daggers(rows, sig)
+    marks = tables.table_marks(rows)
+    sections = [_ablation(data, rows, marks, dagger, folder, formats)]
+    sections.append(_significance(sig, sig_note, folder))
+    sections.append(_marginals(data, configs, folder))
+    sections.append(_per_scale(data, configs, folder, figures))
+    if figures:
+        sections += _figures(data, configs, folder)
+    sections.append(_runs(data, folder))
+    if figures:
+        _remove_stale(folder / "figures", [ref for sec in sections for ref in sec.figures])
+    summary = _summary(data, configs)
+    store.write_json_atomic(folder / SUMMARY_FILE, {"name": data.name, "summary": summary})
+    page = render_report(f"{data.name}: ablation report", summary, sections)
+    store.write_text_atomic(folder / "report.html", page)
+    return folder / "report.html"
+
+
+def _summary(data: SweepData, configs: pd.DataFrame) -> list[str]:
+    counts = data.runs["status"].value_counts()
+    states = ", ".join(f"{counts[s]} {s}" for s in sorted(counts.index))
+    source = "imported CSV" if data.source == "csv" else "results store"
+    lines = [
+        f"{len(data.runs)} runs ({states or 'none'}); {len(configs)} configurations "
+        f"with results; source: {source}; dataset: {data.dataset or 'unknown'}."
+    ]
+    if data.params:
+        lines.append(f"Swept: {', '.join(data.params)}. Primary metric: {data.metric}.")
+    return lines
+
+
+def _ablation(
+    data: SweepData,
+    rows: pd.DataFrame,
+    marks: pd.DataFrame,
+    dagger: pd.DataFrame,
+    folder: Path,
+    formats: tuple[str, ...],
+) -> Section:
+    shown = tables.shown_params(rows[~rows["reference"]], data.params)
+    cells = {fmt: tables.ablation_cells(rows, shown, fmt, dagger) for fmt in ("md", "tex", "html")}
+    html = tables.to_html_table(cells["html"], marks)
+    if "md" in formats:
+        table = tables.to_markdown(cells["md"], marks, left=1 + len(shown))
+        text = f"# {data.name}: ablation\n\n{table}\n{tables.LEGEND}\n{_unfinished_note(data)}"
+        store.write_text_atomic(folder / "ablation.md", text)
+    if "tex" in formats:
+        caption = f"Ablation: {tables.tex_escape(data.name)}. {tables.TEX_LEGEND}"
+        store.write_text_atomic(
+            folder / "ablation.tex", tables.to_latex(cells["tex"], marks, caption)
+        )
+    if "csv" in formats:
+        frame = tables.to_csv_frame(rows, marks, dagger, data.params)
+        store.write_text_atomic(folder / "ablation.csv", frame.to_csv(index=False))
+    if "html" in formats:
+        page = render_report(
+            f"{data.name}: ablation",
+            [],
+            [Section("ablation", "Ablation", [Table(html, legend=tables.LEGEND)])],
+        )
+        store.write_text_atomic(folder / "ablation.html", page)
+    notes = [] if len(rows) else ["No finished run yet."]
+    return Section("ablation", "Ablation table", [Table(html, legend=tables.LEGEND)], notes=notes)
+
+
+def _unfinished_note(data: SweepData) -> str:
+    left = data.runs[data.runs["status"] != "finished"]
+    if left.empty:
+        return ""
+    return f"\n{len(left)} run(s) without results are listed in runs.csv and report.html.\n"
+
+
+def _significance(sig: pd.DataFrame, note: str, folder: Path) -> Section:
+    store.write_text_atomic(folder / "significance.csv", sig.to_csv(index=False))
+    section = Section("significance", "Difference to the baseline (paired bootstrap)")
+    if note:
+        section.notes.append(note)
+    else:
+        view = views.significance_view(sig)
+        section.tables.append(Table(views.plain_html(view, "significance"), legend=SIG_LEGEND))
+    return section
+
+
+def _marginals(data: SweepData, configs: pd.DataFrame, folder: Path) -> Section:
+    marg = marginal_stats(configs, data.params)
+    store.write_text_atomic(folder / "marginals.csv", marg.to_csv(index=False))
+    importance, why = param_importance(configs, data.params)
+    store.write_text_atomic(folder / "importance.csv", importance.to_csv(index=False))
+    section = Section("marginals", "Edge distribution (marginal statistics per hyperparameter)")
+    section.notes.append(MARGINALS_NOTE)
+    md = [f"# {data.name}: edge distribution\n", MARGINALS_NOTE + "\n"]
+    for key in dict.fromkeys(marg["parameter"]):
+        cells, marks = views.marginal_view(marg, key, data.metric)
+        md += [f"## {key}\n", tables.to_markdown(cells, marks)]
+        uuid = f"marginals-{_slug(key)}"
+        html = tables.to_html_table(cells, marks, uuid=uuid, css_class="marginals")
+        section.tables.append(Table(html, caption=key))
+    if marg.empty:
+        section.notes.append("No swept hyperparameter with finished grid points.")
+    best = views.best_view(best_values(marg))
+    _add_table(section, md, best, "best-values", BEST_CAPTION)
+    if why:
+        section.notes.append(f"Parameter importance not computed: {why}.")
+        md += [f"## {IMPORTANCE_CAPTION}\n", f"Not computed: {why}.\n"]
+    else:
+        view = views.importance_view(importance, data.params)
+        _add_table(section, md, view, "importance", IMPORTANCE_CAPTION)
+    store.write_text_atomic(folder / "marginals.md", "\n".join(md))
+    return section
+
+
+def _add_table(section: Section, md: list[str], view: pd.DataFrame, uid: str, caption: str) -> None:
+    md += [f"## {caption}\n", views.plain_markdown(view)]
+    section.tables.append(Table(views.plain_html(view, uid), caption=caption))
+
+
+BEST_CAPTION = "Best value per hyperparameter and metric"
+IMPORTANCE_CAPTION = "Parameter importance (Optuna PED-ANOVA, normalised per metric)"
+SIG_LEGEND = (
+    "Per-image metrics (scale 0) averaged over seeds per image, paired by image with the "
+    "baseline; 95% percentile interval of the mean difference from 2000 resamples of images."
+)
+MARGINALS_NOTE = (
+    "Unit: one configuration (seeds averaged); the baseline is left out. Cells: mean ± std over "
+    "the configurations with that value; bold: the best value of each metric. Mean rank: 1 = best "
+    "(ties averaged). Top-k: how many of the value's configurations rank among the best k "
+    "(k = a quarter of the configurations). Medians and per-metric ranks: marginals.csv."
+)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-scale comparison (Table 4)
+
+
+def per_scale_table(data: SweepData, configs: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds of final.json metrics_by_scale, for configurations with 2+ scales."""
+    rows = []
+    for _, config in configs.iterrows():
+        runs = data.runs[
+            (data.runs["config"] == config["config"]) & (data.runs["status"] == "finished")
+        ]
+        by_run = [read_scales(d) for d in runs["run_dir"] if d]
+        scales = sorted({s for r in by_run for s in r})
+        if len(scales) < 2:
+            continue
+        for scale in scales:
+            values = pd.DataFrame([r[scale] for r in by_run if scale in r])
+            rows.append(
+                {
+                    "config": config["config"],
+                    "name": config["name"],
+                    "scale": scale,
+                    "n": len(values),
+                    **values.mean().to_dict(),
+                }
+            )
+    return pd.DataFrame(rows, columns=["config", "name", "scale", "n", *METRIC_NAMES])
+
+
+def _per_scale(data: SweepData, configs: pd.DataFrame, folder: Path, plot: bool) -> Section:
+    table = per_scale_table(data, configs)
+    store.write_text_atomic(folder / "per_scale.csv", table.to_csv(index=False))
+    section = Section("per-scale", "Per-scale comparison (Table 4)")
+    if not table.empty:
+        view = views.scales_view(table)
+        section.tables.append(Table(views.plain_html(view, "per-scale")))
+    if plot and not table.empty:
+        fig = plots.per_scale_plot(table)
+        section.figures.append(
+            _save(fig, folder, "per_scale", "Metrics per evaluated decoder scale")
+        )
+    return section
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+def _save(fig: plots.Figure | dict[str, bytes], folder: Path, stem: str, caption: str) -> FigureRef:
+    plots.save_figure(fig, folder / "figures", stem)
+    return FigureRef(stem, caption, folder / "figures" / f"{stem}.png")
+
+
+def _figures(data: SweepData, configs: pd.DataFrame, folder: Path) -> list[Section]:
+    """Learning curves, marginal plots, predictions and Figure 1."""
+    curves = Section("curves", "Learning curves")
+    preds = Section("predictions", "Depth predictions (Figures 3-4)")
+    marg = Section("marginal-plots", "Marginal plots")
+    analytic = Section("ssim", "SSIM surfaces (Figure 1)")
+    fig = plots.learning_curves(_curves(data))
+    if fig is not None:
+        curves.figures.append(
+            _save(fig, folder, "learning_curves", "Train loss and test metrics of every run")
+        )
+    fig = plots.marginal_plots(
+        marginal_stats(configs, data.params), grid_points(configs), data.metric
+    )
+    if fig is not None:
+        marg.figures.append(_save(fig, folder, "marginals", MARGINAL_PLOT_CAPTION))
+    chosen = _chosen_predictions(data, configs)
+    for stem, make, caption in PREDICTION_FIGURES:
+        fig = make(chosen)
+        if fig is not None:
+            preds.figures.append(_save(fig, folder, stem, caption))
+    analytic.figures.append(
+        _save(plots.ssim_surfaces_rendered(), folder, "ssim_surfaces", FIG1_CAPTION)
+    )
+    return [marg, curves, preds, analytic]
+
+
+MARGINAL_PLOT_CAPTION = (
+    "Per hyperparameter: the primary metric per value (configurations grey, mean ± std blue, "
+    "best value starred) and the mean rank of each value for every metric (1 = best)."
+)
+FIG1_CAPTION = (
+    "SSIM_m = 1 - x^a ((1+y)/2)^b for (a, b) = (1, 1), (2, 2), (3, 3), and SSIM_a = "
+    "0.5 (1 - x) + 0.5 (1 - (1+y)/2); x: luminance-contrast part in [0, 1], y: structure "
+    "in [-1, 1]."
+)
+PREDICTION_FIGURES = (
+    (
+        "predictions",
+        plots.predictions_grid,
+        "Scale-0 disparity (magma, capped at the 95th percentile) on the same test images",
+    ),
+    (
+        "predictions_scales",
+        plots.predictions_by_scale,
+        "Disparity of each evaluated decoder scale, first common test image",
+    ),
+)
+
+
+def _curves(data: SweepData) -> list[tuple[str, list[dict[str, object]]]]:
+    names = [tables.config_name(row, data.params) for _, row in data.runs.iterrows()]
+    return [(n, read_curves(d)) for n, d in zip(names, data.runs["run_dir"], strict=True) if d]
+
+
+def _chosen_predictions(data: SweepData, configs: pd.DataFrame) -> list[tuple[str, dict]]:
+    """The baseline and the two best grid points by the primary metric, where predictions exist."""
+    chosen = pd.concat(
+        [configs[configs["role"] == BASELINE].head(1), views.top_points(configs, data.metric, 2)]
+    )
+    picked = []
+    for _, config in chosen.iterrows():
+        runs = data.runs[
+            (data.runs["config"] == config["config"]) & (data.runs["status"] == "finished")
+        ]
+        for run_dir in runs["run_dir"]:
+            pred = read_predictions(run_dir) if run_dir else None
+            if pred is not None:
+                picked.append((config["name"], pred))
+                break
+    return picked
+
+
+def _remove_stale(folder: Path, kept: list[FigureRef]) -> None:
+    """Drop figure files a previous build wrote that this build did not (a run was removed)."""
+    names = {f"{ref.stem}.{ext}" for ref in kept for ext in plots.FORMATS}
+    for path in sorted(folder.glob("*")):
+        if path.suffix in (".png", ".pdf") and path.name not in names:
+            path.unlink()
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs, index
+
+
+def _runs(data: SweepData, folder: Path) -> Section:
+    table = views.runs_view(data.runs, data.params, finished=True)
+    store.write_text_atomic(folder / "runs.csv", table.to_csv(index=False))
+    left = views.runs_view(data.runs, data.params)
+    section = Section("runs", "Missing and failed runs")
+    if left.empty:
+        section.notes.append("Every run of the sweep has finished.")
+    else:
+        section.tables.append(Table(views.plain_html(left, "unfinished-runs")))
+    return section
+
+
+def write_index(out: Path) -> Path:
+    """<out>/index.html linking every <out>/<sweep>/report.html (sorted by folder name)."""
+    entries = []
+    for page in sorted(Path(out).glob("*/report.html")):
+        info = store.read_json(page.parent / SUMMARY_FILE) or {}
+        summary = " ".join(info.get("summary") or [])
+        entries.append(
+            {
+                "name": page.parent.name,
+                "href": f"{page.parent.name}/report.html",
+                "summary": summary,
+            }
+        )
+    store.write_text_atomic(Path(out) / "index.html", render_index(entries))
+    return Path(out) / "index.html"

@@ -1,0 +1,323 @@
+"""Figures as PNG + PDF, byte-identical across runs (matplotlib's Agg and PDF renderers).
+
+Figure 1's SSIM surfaces, learning curves, marginal plots, depth predictions (Figures 3-4) and
+the per-scale comparison (Table 4).
+
+Figures are built on `matplotlib.figure.Figure` (no pyplot state) and saved with fixed metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from depthcore import store
+from depthcore.metrics import METRIC_NAMES
+from depthcore.report.tables import metric_header
+
+FORMATS = ("png", "pdf")
+DPI = 110
+RC = {
+    "svg.hashsalt": "depthsweep",
+    "pdf.compression": 6,
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "legend.fontsize": 6,
+    "image.cmap": "magma",
+}
+METADATA = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None},
+    "svg": {"Date": None, "Creator": None},
+}
+CURVE_METRICS = ("abs_rel", "rmse", "a1")
+
+
+def render(fig: Figure) -> dict[str, bytes]:
+    """The figure as PNG and PDF bytes, with fixed metadata (no dates, no versions)."""
+    rendered = {}
+    with matplotlib.rc_context(RC):
+        for ext in FORMATS:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=ext, dpi=DPI, metadata=METADATA[ext])
+            rendered[ext] = buffer.getvalue()
+            # The first save placed the axes; keep them, as re-solving the layout costs more
+            # than drawing.
+            fig.set_layout_engine("none")
+    return rendered
+
+
+def save_figure(fig: Figure | dict[str, bytes], folder: Path, stem: str) -> list[Path]:
+    """Write `<stem>.png` and `<stem>.pdf` atomically; returns the paths."""
+    rendered = fig if isinstance(fig, dict) else render(fig)
+    paths = []
+    for ext, data in rendered.items():
+        path = Path(folder) / f"{stem}.{ext}"
+        store.write_bytes_atomic(path, data)
+        paths.append(path)
+    return paths
+
+
+def _figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(RC):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure 1 (analytic)
+
+
+def ssim_surfaces(
+    exponents: Sequence[tuple[float, float]] = ((1, 1), (2, 2), (3, 3)),
+    weights: tuple[float, float] = (0.5, 0.5),
+    resolution: int = 25,
+) -> Figure:
+    """The paper's Figure 1: SSIM_m = 1 - x^a ((1+y)/2)^b per exponent pair, and SSIM_a.
+
+    x stands for the luminance-contrast part in [0, 1] and y for structure in [-1, 1];
+    SSIM_a = w_x (1 - x) + w_y (1 - (1+y)/2) is a plane (equal gradient everywhere).
+    """
+    x, y = np.meshgrid(np.linspace(0, 1, resolution), np.linspace(-1, 1, resolution))
+    surfaces = [(f"SSIM_m, a={a:g}, b={b:g}", 1 - x**a * ((1 + y) / 2) ** b) for a, b in exponents]
+    wx, wy = weights
+    surfaces.append((f"SSIM_a, w={wx:g}, {wy:g}", wx * (1 - x) + wy * (1 - (1 + y) / 2)))
+    with matplotlib.rc_context(RC):
+        fig = _figure(2.6 * len(surfaces), 2.8)
+        for i, (title, z) in enumerate(surfaces):
+            ax = fig.add_subplot(1, len(surfaces), i + 1, projection="3d")
+            ax.plot_surface(x, y, z, cmap="magma", linewidth=0, antialiased=False)
+            ax.set(title=f"({chr(97 + i)}) {title}", xlabel="x (L·C)", ylabel="y (S)")
+            ax.view_init(elev=25, azim=-60)
+            ax.set_zlim(0, 1)
+    return fig
+
+
+@functools.lru_cache(maxsize=4)
+def ssim_surfaces_rendered() -> dict[str, bytes]:
+    """Figure 1 with the default exponents, rendered once per process (it is analytic)."""
+    return render(ssim_surfaces())
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning curves (metrics.jsonl)
+
+
+def learning_curves(curves: list[tuple[str, list[dict[str, Any]]]]) -> Figure | None:
+    """Train loss per step and test metrics per epoch, one line per run, coloured by config.
+
+    Args:
+        curves: (configuration name, metrics.jsonl records) per run, in sweep order.
+    """
+    curves = [(name, recs) for name, recs in curves if recs]
+    if not curves:
+        return None
+    names = list(dict.fromkeys(name for name, _ in curves))
+    with matplotlib.rc_context(RC):
+        fig = _figure(3.0 * (1 + len(CURVE_METRICS)) + 1.6, 2.6)
+        axes = fig.subplots(1, 1 + len(CURVE_METRICS))
+        palette = "tab10" if len(names) <= 10 else "tab20"
+        colours = matplotlib.colormaps[palette]
+        for name, records in curves:
+            colour = colours(names.index(name) % colours.N)
+            _curve(axes[0], records, "train", "step", "loss", colour)
+            for ax, metric in zip(axes[1:], CURVE_METRICS, strict=True):
+                _curve(ax, records, "epoch", "epoch", metric, colour)
+        axes[0].set(title="train loss", xlabel="step")
+        for ax, metric in zip(axes[1:], CURVE_METRICS, strict=True):
+            ax.set(title=f"test {metric_header(metric)}", xlabel="epoch")
+        handles = [axes[0].plot([], [], color=colours(i % colours.N))[0] for i in range(len(names))]
+        fig.legend(handles, names, loc="outside right upper")
+    return fig
+
+
+def _curve(ax: Any, records: list[dict[str, Any]], kind: str, x: str, y: str, colour: Any) -> None:
+    points = [(r.get(x), r.get(y)) for r in records if r.get("type") == kind]
+    points = [(float(a), float(b)) for a, b in points if _number(a) and _number(b)]
+    if points:
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, color=colour, linewidth=0.8, marker="." if kind == "epoch" else None)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Marginals
+
+
+def marginal_plots(marginals: pd.DataFrame, points: pd.DataFrame, primary: str) -> Figure | None:
+    """One column of panels per hyperparameter. Top: the primary metric per value (configurations
+    as dots, mean ± std with error bars, best value starred). Bottom: mean rank per value for
+    every metric (1 = best), the edge distribution of all metrics at a glance.
+    """
+    params = list(dict.fromkeys(marginals["parameter"]))
+    if not params:
+        return None
+    with matplotlib.rc_context(RC):
+        fig = _figure(2.4 * len(params) + 1.2, 4.4)
+        axes = fig.subplots(2, len(params), squeeze=False)
+        for j, key in enumerate(params):
+            _marginal_panel(axes[0, j], marginals, points, key, primary)
+            _rank_panel(axes[1, j], marginals, key)
+            axes[0, j].set_title(key)
+            axes[1, j].set_xlabel(key)
+        axes[0, 0].set_ylabel(metric_header(primary))
+        axes[1, 0].set_ylabel("mean rank (1 = best)")
+        handles, labels = axes[1, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right lower")
+    return fig
+
+
+def _marginal_panel(
+    ax: Any, marginals: pd.DataFrame, points: pd.DataFrame, key: str, metric: str
+) -> None:
+    stats = marginals[(marginals["parameter"] == key) & (marginals["metric"] == metric)]
+    labels = [_tick(v) for v in stats["value"]]
+    position = {label: i for i, label in enumerate(labels)}
+    has = points[key].notna()
+    xs = [position.get(_tick(v), np.nan) for v in points.loc[has, key]]
+    ax.scatter(xs, points.loc[has, metric], s=6, color="0.6", zorder=1)
+    ax.errorbar(
+        range(len(labels)),
+        stats["mean"],
+        yerr=stats["std"].fillna(0),
+        color="C0",
+        marker="o",
+        markersize=3,
+        linewidth=1,
+        capsize=2,
+        zorder=2,
+    )
+    best = np.flatnonzero(stats["best"].to_numpy(dtype=bool))
+    ax.scatter(best, stats["mean"].to_numpy()[best], marker="*", s=40, color="C3", zorder=3)
+    ax.set_xticks(range(len(labels)), labels)
+
+
+def _rank_panel(ax: Any, marginals: pd.DataFrame, key: str) -> None:
+    for k, metric in enumerate(METRIC_NAMES):
+        stats = marginals[(marginals["parameter"] == key) & (marginals["metric"] == metric)]
+        ax.plot(
+            range(len(stats)),
+            stats["mean_rank"],
+            marker="o",
+            markersize=2,
+            linewidth=0.8,
+            color=f"C{k}",
+            label=metric_header(metric),
+        )
+        ax.set_xticks(range(len(stats)), [_tick(v) for v in stats["value"]])
+    ax.invert_yaxis()
+
+
+def _tick(value: object) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Depth predictions (Figures 3-4)
+
+
+def _colourise(disp: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Disparity and its colour range: min to the 95th percentile, as Monodepth2 shows it."""
+    disp = np.nan_to_num(disp.astype(np.float64), nan=0.0)
+    vmin, vmax = float(disp.min()), float(np.percentile(disp, 95))
+    if vmax <= vmin:
+        vmax = max(float(disp.max()), vmin + 1e-6)
+    return disp, vmin, vmax
+
+
+def predictions_grid(
+    runs: list[tuple[str, dict[str, np.ndarray]]], max_images: int = 4
+) -> Figure | None:
+    """Rows: test images common to all runs; columns: RGB, then each run's scale-0 disparity."""
+    common = (
+        sorted(set.intersection(*(set(p["image_index"].tolist()) for _, p in runs))) if runs else []
+    )
+    images = common[:max_images]
+    if not images:
+        return None
+    with matplotlib.rc_context(RC):
+        fig = _figure(2.4 * (1 + len(runs)), 0.9 * len(images) + 0.5)
+        axes = fig.subplots(len(images), 1 + len(runs), squeeze=False)
+        for i, image in enumerate(images):
+            first = runs[0][1]
+            axes[i, 0].imshow(first["rgb"][_row(first, image)])
+            for j, (_, pred) in enumerate(runs, start=1):
+                disp, vmin, vmax = _colourise(pred["disp"][_row(pred, image), 0])
+                axes[i, j].imshow(disp, cmap="magma", vmin=vmin, vmax=vmax)
+            axes[i, 0].set_ylabel(f"image {image}")
+        for j, title in enumerate(["input", *(name for name, _ in runs)]):
+            axes[0, j].set_title(title)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def predictions_by_scale(runs: list[tuple[str, dict[str, np.ndarray]]]) -> Figure | None:
+    """Rows: chosen runs; columns: each evaluated decoder scale, on their first common image."""
+    runs = [(name, p) for name, p in runs if p["scales"].shape[0] > 1]
+    common = (
+        sorted(set.intersection(*(set(p["image_index"].tolist()) for _, p in runs))) if runs else []
+    )
+    if not common:
+        return None
+    n_scales = max(p["scales"].shape[0] for _, p in runs)
+    with matplotlib.rc_context(RC):
+        fig = _figure(2.4 * n_scales, 0.9 * len(runs) + 0.5)
+        axes = fig.subplots(len(runs), n_scales, squeeze=False)
+        for i, (name, pred) in enumerate(runs):
+            row = _row(pred, common[0])
+            for j, scale in enumerate(pred["scales"].tolist()):
+                disp, vmin, vmax = _colourise(pred["disp"][row, j])
+                axes[i, j].imshow(disp, cmap="magma", vmin=vmin, vmax=vmax)
+                axes[i, j].set_title(f"{name}: scale {scale} (1/{2**scale})")
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def _row(pred: dict[str, np.ndarray], image: int) -> int:
+    return int(np.flatnonzero(pred["image_index"] == image)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-scale comparison (Table 4)
+
+
+def per_scale_plot(table: pd.DataFrame) -> Figure | None:
+    """Each metric against the evaluated decoder scale, one line per configuration."""
+    if table.empty:
+        return None
+    names = list(dict.fromkeys(table["name"]))
+    with matplotlib.rc_context(RC):
+        fig = _figure(2.2 * 4 + 1.6, 2.2 * 2)
+        axes = fig.subplots(2, 4).flat
+        for ax, metric in zip(axes, METRIC_NAMES, strict=False):
+            for k, name in enumerate(names):
+                part = table[table["name"] == name].sort_values("scale")
+                ax.plot(
+                    part["scale"],
+                    part[metric],
+                    marker="o",
+                    markersize=3,
+                    color=f"C{k % 10}",
+                    label=name,
+                )
+            scales = sorted(table["scale"].unique())
+            ax.set_xticks(scales, [f"1/{2**s}" if s else "1" for s in scales])
+            ax.set(title=metric_header(metric), xlabel="resolution")
+        axes[7].set_axis_off()
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper")
+    return fig

@@ -1,0 +1,352 @@
+"""Read a sweep (results store) or an external CSV into one tidy runs table.
+
+Every reader here tolerates half-written run folders: a corrupt or missing file becomes a status
+and a message in the table, never an exception. Nothing here imports torch or Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from depthcore import store
+from depthcore.errors import ConfigError, DataError
+from depthcore.metrics import METRIC_NAMES
+
+BASELINE = "baseline"
+# Keys that vary seeds, not configurations: runs differing only in these are repeats.
+SEED_KEYS = ("train.seed", "seed")
+# Columns of an imported CSV that are not hyperparameters.
+CSV_RESERVED = ("seed", "label", "role")
+RUN_COLUMNS = ("trial_id", "run_id", "label", "role", "seed", "status", "message", "run_dir")
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """One sweep's runs, whatever their state, plus what the report needs to know about them.
+
+    `runs` has one row per trial: RUN_COLUMNS, `config` (a key shared by a configuration's seeds),
+    one column per hyperparameter in `params`, and the seven metrics (NaN unless finished).
+    """
+
+    name: str
+    params: tuple[str, ...]
+    runs: pd.DataFrame
+    dataset: str | None
+    metric: str
+    source: str  # "results" or "csv"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweep indexes
+
+
+def list_sweeps(results: Path) -> list[str]:
+    """Names of the sweep indexes in `<results>/sweeps/*.yaml`, sorted."""
+    folder = Path(results) / store.SWEEPS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.name.startswith("."))
+
+
+def select_sweeps(results: Path, wanted: list[str] | tuple[str, ...] | None) -> list[str]:
+    """The sweeps to report: all of them, or `wanted` after checking each name exists."""
+    if not Path(results).is_dir():
+        raise DataError(
+            f"{results}: no such results folder (give the folder runners/sweep.py wrote)"
+        )
+    known = list_sweeps(results)
+    if not known:
+        raise DataError(
+            f"{results}: no sweep index in {Path(results) / store.SWEEPS_DIR}/*.yaml; run "
+            "runners/sweep.py first, or use --import FILE.csv for results obtained elsewhere"
+        )
+    if not wanted:
+        return known
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ConfigError(f"unknown sweep {', '.join(unknown)}; known sweeps: {', '.join(known)}")
+    return list(dict.fromkeys(wanted))
+
+
+def load_sweep(results: Path, name: str) -> SweepData:
+    """Read `<results>/sweeps/<name>.yaml` and the run folders it points to."""
+    path = Path(results) / store.SWEEPS_DIR / f"{name}.yaml"
+    index = store.read_yaml_file(path)
+    if index is None:
+        raise DataError(f"{path}: unreadable sweep index (not a YAML mapping); rerun the sweep")
+    trials = [t for t in index.get("trials") or [] if isinstance(t, dict)]
+    params = _swept_keys(index, trials)
+    rows = [_trial_row(Path(results), trial, params) for trial in trials]
+    runs = _runs_frame(rows, params)
+    metric = index.get("metric") if index.get("metric") in METRIC_NAMES else METRIC_NAMES[0]
+    return SweepData(
+        str(index.get("name") or name), params, runs, _dataset(runs), metric, "results"
+    )
+
+
+def _swept_keys(index: dict[str, Any], trials: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The index's `swept` list (keys whose values differ); without one, every key set."""
+    keys = index.get("swept")
+    if not isinstance(keys, list):
+        keys = list(dict.fromkeys(k for t in trials for k in (t.get("params") or {})))
+    return tuple(str(k) for k in keys if k not in SEED_KEYS)
+
+
+def _trial_row(results: Path, trial: dict[str, Any], params: tuple[str, ...]) -> dict[str, Any]:
+    run_id = str(trial.get("run_id") or "")
+    run_dir = store.run_path(results, run_id) if run_id else None
+    final = store.read_final(run_dir) if run_dir else None
+    status, message = _status(run_dir, final)
+    values = trial.get("params") or {}
+    row: dict[str, Any] = {
+        "trial_id": str(trial.get("trial_id") or run_id),
+        "run_id": run_id,
+        "label": trial.get("label"),
+        "role": trial.get("role"),
+        "seed": _seed(trial, final),
+        "status": status,
+        "message": message,
+        "run_dir": str(run_dir) if run_dir else "",
+    }
+    row.update({key: values.get(key) for key in params})
+    metrics = final["metrics"] if final else {}
+    row.update({m: _as_float(metrics.get(m)) for m in METRIC_NAMES})
+    return row
+
+
+def _status(run_dir: Path | None, final: dict[str, Any] | None) -> tuple[str, str]:
+    """The run's status from its files, and why it is not finished."""
+    if final is not None:
+        return "finished", ""
+    if run_dir is None or not run_dir.is_dir():
+        return "missing", "no run folder"
+    status = store.run_status(run_dir)
+    error = store.read_error(run_dir)
+    if error is not None:
+        return status, f"{error.get('type') or 'Error'}: {error.get('error') or ''}".strip()
+    if (run_dir / store.FINAL_FILE).exists():
+        return status, f"{store.FINAL_FILE} unreadable (corrupt or half-written)"
+    return status, ""
+
+
+def _seed(trial: dict[str, Any], final: dict[str, Any] | None) -> float:
+    for value in (trial.get("seed"), (final or {}).get("seed")):
+        number = _as_float(value)
+        if not math.isnan(number):
+            return number
+    return math.nan
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def _dataset(runs: pd.DataFrame) -> str | None:
+    """The dataset of the finished runs (from their config.yaml), or None when they disagree."""
+    names = set()
+    for run_dir in runs.loc[runs["status"] == "finished", "run_dir"]:
+        config = store.read_run_config(run_dir) or {}
+        names.add(str((config.get("data") or {}).get("dataset")))
+    return names.pop() if len(names) == 1 else None
+
+
+# ----------------------------------------------------------------------------------------------
+# The runs table
+
+
+def _runs_frame(rows: list[dict[str, Any]], params: tuple[str, ...]) -> pd.DataFrame:
+    columns = [*RUN_COLUMNS, *params, *METRIC_NAMES]
+    runs = pd.DataFrame(rows, columns=columns)
+    for key in params:
+        runs[key] = normalise_values(runs[key])
+    runs["seed"] = runs["seed"].astype(float)
+    for metric in METRIC_NAMES:
+        runs[metric] = runs[metric].astype(float)
+    runs.insert(len(RUN_COLUMNS), "config", _config_keys(runs, params))
+    return runs
+
+
+def normalise_values(column: pd.Series) -> pd.Series:
+    """Numbers become floats, anything else its text (lists as JSON); missing stays missing."""
+    values = [v for v in column if not _missing(v)]
+    if values and all(_is_number(v) for v in values):
+        return pd.Series([_as_float(v) for v in column], index=column.index, dtype=float)
+    text = [None if _missing(v) else _text(v) for v in column]
+    return pd.Series(text, index=column.index, dtype=object)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _config_keys(runs: pd.DataFrame, params: tuple[str, ...]) -> list[str]:
+    """A key shared by the seeds of one configuration: role, label and swept values."""
+    keys = []
+    for _, row in runs.iterrows():
+        values = [None if _missing(row[k]) else row[k] for k in params]
+        label = None if _missing(row["label"]) else str(row["label"])
+        role = None if _missing(row["role"]) else str(row["role"])
+        keys.append(json.dumps([role, label, values]))
+    return keys
+
+
+# ----------------------------------------------------------------------------------------------
+# External CSV (published numbers)
+
+
+def load_csv(path: Path, *, name: str | None = None, dataset: str | None = "kitti") -> SweepData:
+    """Read one row per run: hyperparameter columns, the 7 metrics, optional seed, label, role.
+
+    Raises DataError naming the file, column and row of the first problem.
+    """
+    path = Path(path)
+    table = _read_csv_text(path)
+    missing = [m for m in METRIC_NAMES if m not in table.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing metric column(s) {', '.join(missing)}; found columns "
+            f"{', '.join(map(str, table.columns))}; a CSV needs {', '.join(METRIC_NAMES)}"
+        )
+    params = tuple(str(c) for c in table.columns if c not in (*METRIC_NAMES, *CSV_RESERVED))
+    rows = [_csv_row(path, table, i, params) for i in range(len(table))]
+    runs = _runs_frame(rows, params)
+    return SweepData(name or _safe_name(path.stem), params, runs, dataset, METRIC_NAMES[0], "csv")
+
+
+def _read_csv_text(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such CSV file") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    if table.empty:
+        raise DataError(f"{path}: no rows; write one row per run below the header")
+    return table.map(str.strip)
+
+
+def _csv_row(path: Path, table: pd.DataFrame, i: int, params: tuple[str, ...]) -> dict[str, Any]:
+    raw = table.iloc[i]
+    line = i + 2  # 1-based, after the header line
+    role = raw.get("role", "") or None
+    if role not in (None, BASELINE):
+        raise DataError(f"{path}: column role, row {line}: {role!r}; use 'baseline' or leave empty")
+    row: dict[str, Any] = {
+        "trial_id": f"row{line}",
+        "run_id": "",
+        "label": raw.get("label", "") or None,
+        "role": role,
+        "seed": _csv_number(path, "seed", line, raw.get("seed", ""), required=False),
+        "status": "finished",
+        "message": "",
+        "run_dir": "",
+    }
+    row.update({k: _csv_param(raw[k]) for k in params})
+    row.update({m: _csv_number(path, m, line, raw[m], required=True) for m in METRIC_NAMES})
+    return row
+
+
+def _csv_number(path: Path, column: str, line: int, text: str, *, required: bool) -> float:
+    if text == "" and not required:
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        what = "empty" if text == "" else f"{text!r} is not a number"
+        raise DataError(f"{path}: column {column}, row {line}: {what}")
+    return value
+
+
+def _csv_param(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _safe_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "imported"
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-run files (never raise)
+
+
+def read_per_image(run_dir: str | Path, scale: int = 0) -> pd.DataFrame | None:
+    """Per-image metrics of one scale, indexed by image; None when absent or unreadable."""
+    path = Path(run_dir) / store.PER_IMAGE_FILE
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        return None
+    if not {"image", "scale", *METRIC_NAMES} <= set(table.columns):
+        return None
+    table = table.apply(pd.to_numeric, errors="coerce").dropna(subset=["image", "scale"])
+    table = table[table["scale"] == scale].dropna(subset=list(METRIC_NAMES))
+    if table.empty:
+        return None
+    table["image"] = table["image"].astype(int)
+    return table.groupby("image")[list(METRIC_NAMES)].mean()
+
+
+def read_curves(run_dir: str | Path) -> list[dict[str, Any]]:
+    """metrics.jsonl records (a torn last line is skipped)."""
+    if not run_dir:
+        return []
+    return store.read_jsonl(Path(run_dir) / store.METRICS_FILE)
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """predictions.npz as arrays, checked for the contract's shapes; None when unusable."""
+    path = Path(run_dir) / store.PREDICTIONS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in ("image_index", "rgb", "scales", "disp")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    n = arrays["image_index"].shape[0]
+    rgb, disp = arrays["rgb"], arrays["disp"]
+    ok = rgb.ndim == 4 and rgb.shape[0] == n and rgb.shape[-1] == 3 and disp.ndim == 4
+    ok = ok and disp.shape[:2] == (n, arrays["scales"].shape[0])
+    return arrays if ok and n > 0 else None
+
+
+def read_scales(run_dir: str | Path) -> dict[int, dict[str, float]]:
+    """final.json metrics_by_scale as {scale: {metric: value}}; empty when absent."""
+    final = store.read_final(run_dir) if run_dir else None
+    by_scale = (final or {}).get("metrics_by_scale")
+    if not isinstance(by_scale, dict):
+        return {}
+    out = {}
+    for scale, metrics in by_scale.items():
+        if isinstance(metrics, dict) and str(scale).isdigit():
+            out[int(scale)] = {m: _as_float(metrics.get(m)) for m in METRIC_NAMES}
+    return dict(sorted(out.items()))

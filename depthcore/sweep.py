@@ -1,0 +1,739 @@
+"""Sweep files: a validated model of the YAML and its pure expansion into trials (no Ray here).
+
+A sweep file names a base engine config and what to vary on top of it:
+
+    name: table2_grid
+    base: base/paper_kitti.yaml            # a path (relative to this file), inline keys, or a list
+    trials:                                # explicit rows first (label / role: baseline optional)
+      - {label: baseline, role: baseline, loss.photometric: standard}
+    grid:                                  # then the cartesian product of the sorted axes
+      loss.w_mae: [0.3, 0.4]
+    seeds: [1234]                          # every trial once per seed (sets train.seed)
+
+`load_sweep` checks everything a run would trip over later (unknown keys, empty grids, values
+the engine config rejects), naming the file, line and key; `expand` turns the sweep into a
+deterministic list of `Trial`s, each holding a validated `Config` and its content-addressed run id.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from depthcore.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    deep_merge,
+    parse_override,
+    read_yaml,
+    set_dotted,
+)
+from depthcore.errors import ConfigError
+from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
+
+__all__ = [
+    "Range",
+    "Resources",
+    "Search",
+    "Sweep",
+    "SweepFile",
+    "Trial",
+    "config_key_problem",
+    "expand",
+    "index_entry",
+    "load_sweep",
+    "plan_lines",
+    "run_groups",
+    "sweep_from_dict",
+    "swept_keys",
+    "trial_from_params",
+]
+
+SEED_KEY = "train.seed"
+TRIAL_META = ("label", "role")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Strict(BaseModel):
+    # Same rules as the engine config: unknown keys are errors and "0.5" is not a float.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Resources(_Strict):
+    """What one trial asks Ray for; fractional GPUs pack several trials on one device."""
+
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; 0.5 = two trials per GPU")
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and not float(value).is_integer():
+            raise ValueError(f"must be a fraction <= 1 or a whole number, got {value}")
+        return value
+
+
+class Range(_Strict):
+    """One search-space entry of `search: optuna`: exactly one of the three forms."""
+
+    uniform: list[float] | None = Field(None, description="[low, high]")
+    loguniform: list[float] | None = Field(None, description="[low, high], low > 0")
+    choice: list[Any] | None = Field(None, description="categorical values")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Range:
+        given = [k for k in ("uniform", "loguniform", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of uniform: [low, high], loguniform: [low, high], "
+                f"choice: [a, b, ...]; got {given or 'none'}"
+            )
+        bounds = self.uniform if self.uniform is not None else self.loguniform
+        if bounds is not None and (len(bounds) != 2 or not bounds[0] < bounds[1]):
+            raise ValueError(f"needs [low, high] with low < high, got {bounds}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.loguniform}")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        return self
+
+    def corners(self) -> list[Any]:
+        """The values to validate against the engine config: both ends, or every choice."""
+        if self.choice is not None:
+            return list(self.choice)
+        return list(self.uniform if self.uniform is not None else self.loguniform or [])
+
+    def describe(self) -> str:
+        if self.choice is not None:
+            return f"choice({', '.join(_fmt(v) for v in self.choice)})"
+        kind = "uniform" if self.uniform is not None else "loguniform"
+        low, high = self.corners()
+        return f"{kind}({_fmt(low)}, {_fmt(high)})"
+
+
+class Search(_Strict):
+    """`grid` (default) expands grid and trials; `optuna` samples `space` with TPE."""
+
+    method: Literal["grid", "optuna"] = "grid"
+    n_trials: int | None = Field(None, ge=1, description="optuna: number of sampled trials")
+    seed: int = Field(1234, ge=0, description="optuna: TPE sampler seed")
+    n_startup_trials: int = Field(10, ge=0, description="optuna: random trials before TPE")
+    space: dict[str, Range] = Field(default_factory=dict, description="optuna: dotted key -> range")
+
+    @model_validator(mode="after")
+    def _fits_method(self) -> Search:
+        if self.method == "optuna" and (self.n_trials is None or not self.space):
+            raise ValueError("search: optuna needs n_trials and a non-empty space")
+        if self.method == "grid" and (self.n_trials is not None or self.space):
+            raise ValueError("n_trials and space belong to search: optuna; use grid: for a grid")
+        return self
+
+
+class SweepFile(_Strict):
+    """The keys of a sweep file (see the module docstring and readme_sweep.md)."""
+
+    name: str
+    base: Any = Field(default_factory=dict, description="config path, inline keys, or a list")
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    trials: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] | None = None
+    search: Search = Search()
+    resources: Resources = Resources()
+    max_concurrent: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial (from checkpoint)")
+    metric: str = "abs_rel"
+    mode: Literal["min", "max"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                f"must be a file-name-safe word (letters, digits, '_', '.', '-'), got {value!r}"
+            )
+        return value
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search_shorthand(cls, value: Any) -> Any:
+        return {"method": value} if isinstance(value, str) else value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"must be a non-empty list of distinct seeds, got {value}")
+        if value is not None and min(value) < 0:
+            raise ValueError(f"seeds must be >= 0, got {value}")
+        return value
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRIC_NAMES:
+            raise ValueError(f"must be one of {', '.join(METRIC_NAMES)}, got {value!r}")
+        return value
+
+    @property
+    def resolved_mode(self) -> Literal["min", "max"]:
+        return self.mode or ("min" if LOWER_IS_BETTER[self.metric] else "max")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A loaded sweep: the validated file plus its resolved base config tree."""
+
+    file: SweepFile
+    base: dict[str, Any]  # the engine config tree after `base` and --set overrides
+    path: Path | None
+    cwd: Path  # relative data paths resolve against it
+    lines: Mapping[tuple[str | int, ...], int]
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else f"sweep {self.file.name!r}"
+
+    def where(self, *loc: str | int) -> str:
+        """'file line N: grid.loss.w_c' for error messages."""
+        line = _line_of(self.lines, loc)
+        at = f" line {line}" if line else ""
+        return f"{self.source}{at}: {_loc_str(loc)}" if loc else f"{self.source}{at}"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One expanded trial: a validated engine config and where its results live."""
+
+    trial_id: str  # stable and human-readable, unique within the sweep
+    run_id: str  # Config.run_id(): the run folder's name
+    config: Config
+    params: dict[str, Any]  # dotted key -> the value this trial sets (seed excluded)
+    label: str | None
+    role: str | None
+    seed: int
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Read and validate a sweep file; `overrides` (`--set k=v`) change the base config.
+
+    Every trial's config is built and validated here, so a sweep that loads will not fail on a
+    config problem later. Raises ConfigError naming the file, line and key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep file")
+    text = path.read_text()
+    try:
+        tree = yaml.safe_load(text) or {}
+        lines = _key_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return sweep_from_dict(tree, path=path, overrides=overrides, lines=lines)
+
+
+def sweep_from_dict(
+    tree: Any,
+    *,
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    lines: Mapping[tuple[str | int, ...], int] | None = None,
+    cwd: Path | None = None,
+) -> Sweep:
+    """Validate a sweep given as a dict (`path` only places relative base files and messages)."""
+    source = str(path) if path else "sweep"
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping with name, base, grid, ... at the top")
+    try:
+        spec = SweepFile.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source, lines or {})) from None
+    sweep = Sweep(spec, {}, path, (cwd or Path.cwd()).resolve(), dict(lines or {}))
+    base = _resolve_base(sweep, spec.base)
+    _build(sweep, base, "base")
+    _check_overrides(sweep, overrides)
+    sweep = Sweep(spec, apply_overrides(base, overrides), path, sweep.cwd, sweep.lines)
+    if overrides:
+        _build(sweep, sweep.base, f"{sweep.source}: --set {' '.join(overrides)}")
+    _validate_keys(sweep)
+    _validate_axes(sweep)
+    expand(sweep)  # builds (and so validates) every trial's config
+    return sweep
+
+
+def _resolve_base(sweep: Sweep, base: Any) -> dict[str, Any]:
+    parts = base if isinstance(base, list) else [base]
+    tree: dict[str, Any] = {}
+    for i, part in enumerate(parts):
+        loc: tuple[str | int, ...] = ("base", i) if isinstance(base, list) else ("base",)
+        if isinstance(part, str):
+            tree = deep_merge(tree, _read_base_file(sweep, part, loc))
+        elif isinstance(part, dict):
+            tree = deep_merge(tree, _undot(part, sweep, loc))
+        else:
+            raise ConfigError(
+                f"{sweep.where(*loc)}: expected a config file path or a mapping of config keys, "
+                f"got {part!r}"
+            )
+    return tree
+
+
+def _read_base_file(sweep: Sweep, name: str, loc: tuple[str | int, ...]) -> dict[str, Any]:
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = (sweep.path.parent if sweep.path else sweep.cwd) / path
+    if not path.is_file():
+        raise ConfigError(
+            f"{sweep.where(*loc)}: base config {name!r} not found (looked for {path.resolve()}; "
+            "paths are relative to the sweep file)"
+        )
+    return read_yaml(path)
+
+
+def _undot(tree: Mapping[str, Any], sweep: Sweep, loc: tuple[str | int, ...]) -> dict[str, Any]:
+    """Inline base keys may be nested sections or dotted keys (`loss.w_c: 0.5`)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{sweep.where(*loc)}: keys must be strings, got {key!r}")
+        if "." in key:
+            _require_config_key(sweep, key, (*loc, key))
+            set_dotted(out, key, copy.deepcopy(value))
+        else:
+            out = deep_merge(out, {key: value})
+    return out
+
+
+def _check_overrides(sweep: Sweep, overrides: Sequence[str]) -> None:
+    varied = {k for t in sweep.file.trials for k in t if k not in TRIAL_META} | set(sweep.file.grid)
+    varied |= set(sweep.file.search.space)
+    if sweep.file.seeds is not None:
+        varied.add(SEED_KEY)
+    for text in overrides:
+        key, _ = parse_override(text)
+        if key in varied:
+            raise ConfigError(
+                f"--set {text}: {sweep.source} varies {key} itself; change it in the sweep file "
+                "(--set only changes the base config)"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Key and value checks (before any expansion, so messages point at the file's line)
+
+
+def _validate_keys(sweep: Sweep) -> None:
+    spec = sweep.file
+    for key in spec.grid:
+        if "." not in key:
+            raise ConfigError(
+                f"{sweep.where('grid', key)}: grid keys are dotted config keys (section.key, "
+                "e.g. loss.w_c); sweep settings go at the top level"
+            )
+        _require_config_key(sweep, key, ("grid", key))
+        if key == SEED_KEY:
+            raise ConfigError(f"{sweep.where('grid', key)}: use the sweep key seeds: [..] instead")
+        if not spec.grid[key]:
+            raise ConfigError(
+                f"{sweep.where('grid', key)}: empty list; give at least one value or remove the key"
+            )
+    for key in spec.search.space:
+        _require_config_key(sweep, key, ("search", "space", key))
+    for i, entry in enumerate(spec.trials):
+        _validate_trial_entry(sweep, i, entry)
+    if spec.search.method == "optuna":
+        _validate_optuna(sweep)
+
+
+def _validate_trial_entry(sweep: Sweep, i: int, entry: Mapping[str, Any]) -> None:
+    for key, value in entry.items():
+        if key == "label":
+            if not isinstance(value, str) or not NAME_PATTERN.match(value) or "," in value:
+                raise ConfigError(
+                    f"{sweep.where('trials', i, key)}: must be a short name (letters, digits, "
+                    f"'_', '.', '-'), got {value!r}"
+                )
+        elif key == "role":
+            if value not in ("baseline", None):
+                raise ConfigError(
+                    f"{sweep.where('trials', i, key)}: must be 'baseline' or absent, got {value!r}"
+                )
+        elif "." not in key:
+            close = difflib.get_close_matches(key, TRIAL_META, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{sweep.where('trials', i, key)}: unknown key{hint}; a trial holds dotted config "
+                "keys (section.key, e.g. loss.w_c) plus optional label and role"
+            )
+        else:
+            _require_config_key(sweep, key, ("trials", i, key))
+            if key == SEED_KEY and sweep.file.seeds is not None:
+                raise ConfigError(
+                    f"{sweep.where('trials', i, key)}: the sweep's seeds: set train.seed; "
+                    "remove one of the two"
+                )
+
+
+def _validate_optuna(sweep: Sweep) -> None:
+    spec = sweep.file
+    if spec.grid or spec.trials:
+        raise ConfigError(
+            f"{sweep.where('search')}: search: optuna samples search.space; it cannot also run "
+            "grid: or trials: (put those in a separate sweep file)"
+        )
+    if spec.seeds is not None and len(spec.seeds) > 1:
+        raise ConfigError(
+            f"{sweep.where('seeds')}: search: optuna takes a single seed (TPE sees one value "
+            "per configuration); use one seed or a grid sweep"
+        )
+
+
+def _require_config_key(sweep: Sweep, key: str, loc: tuple[str | int, ...]) -> None:
+    problem = config_key_problem(key)
+    if problem:
+        raise ConfigError(f"{sweep.where(*loc)}: {problem}")
+
+
+def config_key_problem(key: str) -> str | None:
+    """Why `key` is not a dotted engine-config key (with a suggestion), or None when it is."""
+    model: type[BaseModel] = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return f"{key!r} is not a config key{_suggest(key)}"
+        ann = field.annotation
+        if i < len(parts) - 1:
+            if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+                return f"{'.'.join(parts[: i + 1])} is a value, not a section; cannot set {key!r}"
+            model = ann
+    return None
+
+
+def _config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _config_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _suggest(key: str) -> str:
+    known = _config_keys()
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:
+        last = key.rsplit(".", 1)[-1]
+        close = [k for k in known if k.rsplit(".", 1)[-1] == last][:1]
+    if not close:
+        return "; config keys look like loss.w_c, model.upsample, train.epochs"
+    return f" (did you mean {close[0]!r}?)"
+
+
+def _validate_axes(sweep: Sweep) -> None:
+    """Each grid value and search bound alone on top of the base, for messages with a line."""
+    for key, values in sweep.file.grid.items():
+        for i, value in enumerate(values):
+            _build(sweep, _with(sweep.base, {key: value}), sweep.where("grid", key, i))
+    for key, rng in sweep.file.search.space.items():
+        for value in rng.corners():
+            _build(sweep, _with(sweep.base, {key: value}), sweep.where("search", "space", key))
+    space = sweep.file.search.space
+    for pick in (0, -1):  # all lows together, then all highs
+        values = {k: r.corners()[pick] for k, r in space.items() if r.choice is None}
+        if values:
+            _build(sweep, _with(sweep.base, values), sweep.where("search", "space"))
+
+
+def _build(sweep: Sweep, tree: dict[str, Any], where: str) -> Config:
+    try:
+        return config_from_dict(tree, base_dir=sweep.cwd)
+    except ConfigError as exc:
+        if where == "base":
+            where = f"{sweep.where('base')} (base config)"
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _with(tree: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(tree))
+    for key, value in values.items():
+        set_dotted(out, key, copy.deepcopy(value))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Expansion
+
+
+def expand(sweep: Sweep) -> list[Trial]:
+    """The sweep's trials in a fixed order: `trials:` entries, then the grid, each x seeds.
+
+    Grid axes are sorted by key and combined with itertools.product, so the order and ids do not
+    depend on the order of keys in the file. `search: optuna` has no fixed trials (returns []).
+    """
+    spec = sweep.file
+    if spec.search.method == "optuna":
+        return []
+    entries: list[tuple[dict[str, Any], str | None, str | None, str]] = []
+    for i, entry in enumerate(spec.trials):
+        params = {k: v for k, v in entry.items() if k not in TRIAL_META}
+        entries.append((params, entry.get("label"), entry.get("role"), sweep.where("trials", i)))
+    axes = sorted(spec.grid)
+    combos = itertools.product(*(spec.grid[a] for a in axes)) if axes else []
+    for combo in combos:
+        entries.append((dict(zip(axes, combo, strict=True)), None, None, "grid"))
+    names = _short_names([k for params, *_ in entries for k in params])
+    trials = [
+        _make_trial(sweep, params, label, role, seed, names, where)
+        for params, label, role, where in entries
+        for seed in spec.seeds or [None]
+    ]
+    _check_unique_ids(sweep, trials)
+    return trials
+
+
+def trial_from_params(sweep: Sweep, params: Mapping[str, Any]) -> Trial:
+    """A trial for sampled values (search: optuna): base + params, at the sweep's seed."""
+    seed = sweep.file.seeds[0] if sweep.file.seeds else None
+    names = _short_names(list(sweep.file.search.space))
+    where = f"{sweep.source}: sampled trial {dict(params)}"
+    return _make_trial(sweep, dict(params), None, None, seed, names, where)
+
+
+def _make_trial(
+    sweep: Sweep,
+    params: dict[str, Any],
+    label: str | None,
+    role: str | None,
+    seed: int | None,
+    names: Mapping[str, str],
+    where: str,
+) -> Trial:
+    values = dict(params) if seed is None else {**params, SEED_KEY: seed}
+    cfg = _build(sweep, _with(sweep.base, values), where)
+    shown = {k: v for k, v in params.items() if k != SEED_KEY}
+    head = label or ",".join(f"{names.get(k, k)}={_fmt(v)}" for k, v in shown.items())
+    trial_id = f"{head},seed={cfg.train.seed}" if head else f"seed={cfg.train.seed}"
+    return Trial(trial_id, cfg.run_id(), cfg, shown, label, role, cfg.train.seed)
+
+
+def _short_names(keys: Iterable[str]) -> dict[str, str]:
+    """loss.w_c -> w_c, unless two swept keys share the last part (then the full key)."""
+    unique = list(dict.fromkeys(keys))
+    last = [k.rsplit(".", 1)[-1] for k in unique]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(unique, last, strict=True)}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "true" if value is True else "false" if value is False else "null"
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return "+".join(_fmt(v) for v in value)
+    if isinstance(value, dict):
+        return "{" + ";".join(f"{k}:{_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _check_unique_ids(sweep: Sweep, trials: list[Trial]) -> None:
+    seen: dict[str, int] = {}
+    for i, trial in enumerate(trials):
+        if trial.trial_id in seen:
+            raise ConfigError(
+                f"{sweep.source}: two trials have the id {trial.trial_id!r} (entries "
+                f"{seen[trial.trial_id] + 1} and {i + 1}); give them distinct labels or values"
+            )
+        seen[trial.trial_id] = i
+
+
+def run_groups(trials: Sequence[Trial]) -> dict[str, list[Trial]]:
+    """Trials by run id, in first-seen order: trials sharing a run id train once."""
+    groups: dict[str, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(trial.run_id, []).append(trial)
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------
+# What the sweep index (results/sweeps/<name>.yaml) and --dry-run show
+
+
+def swept_keys(trials: Sequence[Trial]) -> list[str]:
+    """Dotted keys that trials set and whose resolved values differ, in first-seen order."""
+    keys = list(dict.fromkeys(k for t in trials for k in t.params))
+    trees = [t.config.to_dict() for t in trials]
+    return [k for k in keys if len({repr(_get_dotted(tree, k)) for tree in trees}) > 1]
+
+
+def _get_dotted(tree: Mapping[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def index_entry(trial: Trial, status: str) -> dict[str, Any]:
+    """One `trials:` item of results/sweeps/<name>.yaml (schema in CONTRACTS.md)."""
+    return {
+        "trial_id": trial.trial_id,
+        "run_id": trial.run_id,
+        "label": trial.label,
+        "role": trial.role,
+        "params": _plain(trial.params),
+        "seed": trial.seed,
+        "status": status,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def plan_lines(
+    sweep: Sweep, trials: Sequence[Trial], statuses: Mapping[str, str] | None = None
+) -> list[str]:
+    """--dry-run: one line per trial (id, swept values, run, status), then 'N trials'."""
+    if sweep.file.search.method == "optuna":
+        return _optuna_plan(sweep)
+    first = {run_id: group[0].trial_id for run_id, group in run_groups(trials).items()}
+    width = max((len(t.trial_id) for t in trials), default=0)
+    lines = []
+    for trial in trials:
+        values = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items()) or "(base config)"
+        notes = [f"run {trial.run_id}"]
+        if trial.role:
+            notes.append(trial.role)
+        if statuses and trial.run_id in statuses:
+            notes.append(statuses[trial.run_id])
+        if first[trial.run_id] != trial.trial_id:
+            notes.append(f"same run as {first[trial.run_id]}")
+        lines.append(f"{trial.trial_id:<{width}}  {values}  [{', '.join(notes)}]")
+    if len(first) != len(trials):
+        lines.append(f"({len(first)} distinct runs: trials with the same config train once)")
+    lines.append(f"{len(trials)} trials")
+    return lines
+
+
+def _optuna_plan(sweep: Sweep) -> list[str]:
+    search = sweep.file.search
+    lines = [
+        f"optuna TPE (seed {search.seed}, {search.n_startup_trials} random startup trials), "
+        f"{sweep.file.resolved_mode} {sweep.file.metric}:"
+    ]
+    lines += [f"  {key} ~ {rng.describe()}" for key, rng in search.space.items()]
+    lines.append(f"{search.n_trials} trials")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Error messages with file lines
+
+
+def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """(key, index, ...) path -> 1-based line, from the YAML node tree."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, str(key.value))
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, value in enumerate(node.value):
+                lines[(*path, i)] = value.start_mark.line + 1
+                walk(value, (*path, i))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _line_of(lines: Mapping[tuple[str | int, ...], int], loc: Sequence[str | int]) -> int | None:
+    for n in range(len(loc), 0, -1):
+        line = lines.get(tuple(loc[:n]))
+        if line:
+            return line
+    return None
+
+
+def _loc_str(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _format_errors(
+    exc: ValidationError, source: str, lines: Mapping[tuple[str | int, ...], int]
+) -> str:
+    messages: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and "[" in p)]
+        line = _line_of(lines, loc)
+        at = f" line {line}" if line else ""
+        key = _loc_str(loc) or "sweep"
+        messages.setdefault(key, f"{source}{at}: {key}: {_describe(err, loc)}")
+    found = list(messages.values())
+    return found[0] if len(found) == 1 else f"{len(found)} problems:\n  " + "\n  ".join(found)
+
+
+def _describe(err: Mapping[str, Any], loc: Sequence[str | int]) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    got = f", got {err['input']!r}" if "input" in err and kind != "missing" else ""
+    if kind == "extra_forbidden":
+        known = _known_fields(loc)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key{hint}; known: {', '.join(known)}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind in ("list_type", "dict_type") and loc and loc[0] == "grid":
+        return f"must be a list of values, e.g. [0.4, 0.5]{got}"
+    return f"{err['msg'].rstrip('.').lower()}{got}"
+
+
+def _known_fields(loc: Sequence[str | int]) -> list[str]:
+    """The keys allowed where an unknown one was found (for 'did you mean')."""
+    model: type[BaseModel] = SweepFile
+    parts, i = list(loc[:-1]), 0
+    while i < len(parts):
+        if model is Search and parts[i] == "space":
+            model, i = Range, i + 2  # search.space.<dotted key>.<range field>
+            continue
+        field = model.model_fields.get(str(parts[i]))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            break
+        model, i = ann, i + 1
+    return list(model.model_fields)

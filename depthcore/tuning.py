@@ -1,0 +1,740 @@
+"""Runs a sweep's trials on Ray Tune. The only module in depthsweep that imports Ray.
+
+The expansion in `depthcore.sweep` stays the single source of truth: Ray grid-searches over our
+trial ids, and each Ray trial trains one run folder with the engine. What the report reads is the
+results store (results/runs/<run_id>/ and results/sweeps/<name>.yaml), never Ray's own files:
+
+- runs that finished (final.json) are filtered out before Ray sees the trials, so a run shared by
+  several sweeps (the baseline of Tables 1-4) trains once; trials with the same run id train once;
+- the engine resumes from run_dir/checkpoint, so a retry (FailureConfig), a killed driver or
+  Ctrl-C followed by the same command continues where it stopped (no Tuner.restore needed);
+- a run locked by another live process (another sweep) is waited for, then its result is used;
+- every failure leaves error.json in the run folder; the summary points at those files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from depthcore import store
+from depthcore.errors import ConfigError, TrainingError
+from depthcore.sweep import (
+    Range,
+    Sweep,
+    Trial,
+    expand,
+    index_entry,
+    run_groups,
+    swept_keys,
+    trial_from_params,
+)
+
+__all__ = ["SweepOutcome", "execute_trial", "find_trial", "run_one", "run_sweep"]
+
+TrainFn = Callable[..., dict[str, Any]]
+Out = Callable[[str], None]
+
+# Set for the driver and every worker before Ray starts.
+RAY_ENV = {
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",  # trials stay in the driver's cwd (we pass absolute paths)
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 Tune prints nothing; _Progress prints our lines
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # epochs lack metrics when eval.every_epoch=false
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+# Failures that a retry in the same sweep invocation would only repeat (error.json "type").
+DETERMINISTIC_ERRORS = ("TrainingError", "DataError", "ConfigError")
+LOCK_POLL_S = float(os.environ.get("DEPTHSWEEP_LOCK_POLL_S", "10"))
+
+
+def _say(message: str) -> None:
+    # Not `print` itself: callbacks are pickled with the Tuner, and Ray swaps builtins.print.
+    print(message, flush=True)
+
+
+def _engine_train() -> TrainFn:
+    from depthcore.engine import train
+
+    return train
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep index: results/sweeps/<name>.yaml (schema in CONTRACTS.md)
+
+
+class SweepIndex:
+    """The sweep's trials and their statuses, rewritten atomically whenever one changes."""
+
+    def __init__(self, sweep: Sweep, results: Path, trials: Sequence[Trial]) -> None:
+        self.sweep, self.results = sweep, results
+        self.path = results / store.SWEEPS_DIR / f"{sweep.name}.yaml"
+        self.entries: dict[str, dict[str, Any]] = {}
+        if sweep.file.search.method == "optuna":
+            self.swept = list(sweep.file.search.space)
+            old = store.read_yaml_file(self.path) or {}
+            for entry in old.get("trials") or []:
+                if isinstance(entry, dict) and entry.get("trial_id") and entry.get("run_id"):
+                    self.entries[str(entry["trial_id"])] = entry
+        else:
+            self.swept = swept_keys(trials)
+        for trial in trials:
+            self.add(trial)
+
+    def add(self, trial: Trial, status: str | None = None) -> None:
+        status = status or store.run_status(self.run_dir(trial.run_id))
+        self.entries[trial.trial_id] = index_entry(trial, status)
+
+    def run_dir(self, run_id: str) -> Path:
+        return store.run_path(self.results, run_id)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        for entry in self.entries.values():
+            if entry["run_id"] == run_id:
+                entry["status"] = status
+
+    def refresh(self) -> None:
+        """Statuses from the run folders (the source of truth)."""
+        for run_id in {e["run_id"] for e in self.entries.values()}:
+            self.set_status(run_id, store.run_status(self.run_dir(run_id)))
+
+    def status_of(self, run_id: str) -> str:
+        return next(e["status"] for e in self.entries.values() if e["run_id"] == run_id)
+
+    def write(self) -> None:
+        spec = self.sweep.file
+        store.write_yaml_atomic(
+            self.path,
+            {
+                "name": spec.name,
+                "sweep_file": str(self.sweep.path.resolve()) if self.sweep.path else None,
+                "updated": _now(),
+                "metric": spec.metric,
+                "mode": spec.resolved_mode,
+                "swept": self.swept,
+                "trials": list(self.entries.values()),
+            },
+        )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------------------------
+# One trial, in any process: wait for a foreign lock, restore, train, record unexpected errors
+
+
+def execute_trial(
+    trial: Trial,
+    run_dir: Path,
+    train_fn: TrainFn,
+    *,
+    report: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    session_start: float | None = None,
+    before_train: Callable[[Path], None] | None = None,
+    poll_s: float = LOCK_POLL_S,
+    out: Out = _say,
+) -> dict[str, Any]:
+    """Train `trial` into `run_dir` (resuming) and return final.json's dict.
+
+    A finished run is returned without training; a run locked by another live process is waited
+    for. `session_start` (the sweep's start time) makes a deterministic failure recorded since
+    then (non-finite loss, bad data) fail again at once instead of being retrained.
+    """
+    waited = False
+    while True:
+        final = store.read_final(run_dir)
+        if final is not None:
+            return final
+        if store.lock_is_held(run_dir):
+            if not waited:
+                owner = store.read_json(run_dir / store.LOCK_FILE) or {}
+                out(
+                    f"{trial.trial_id}: run {trial.run_id} is being trained by "
+                    f"{owner.get('host')} pid {owner.get('pid')}; waiting for it to finish"
+                )
+            waited = True
+            time.sleep(poll_s)
+            continue
+        _refuse_repeated_failure(run_dir, session_start)
+        if before_train is not None:
+            before_train(run_dir)
+        try:
+            return _train_recording_errors(trial, run_dir, train_fn, report, progress)
+        except store.RunLockedError:
+            continue  # another process claimed it between our check and the engine's lock
+
+
+def _train_recording_errors(
+    trial: Trial,
+    run_dir: Path,
+    train_fn: TrainFn,
+    report: Callable[[dict[str, Any]], None] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    started = time.time()
+    last: dict[str, Any] = {}
+
+    def tracking_report(record: dict[str, Any]) -> None:
+        last["step"] = record.get("step")
+        if report is not None:
+            report(record)
+
+    try:
+        return train_fn(trial.config, run_dir, report=tracking_report, progress=progress)
+    except store.RunLockedError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        # Ray stops a trial (Ctrl-C, shutdown) with sys.exit(0) inside tune.report: the run is
+        # interrupted, not failed; drop an error.json that recorded the stop as an error.
+        error = store.read_error(run_dir) or {}
+        if error.get("type") in ("SystemExit", "KeyboardInterrupt") and _recorded_since(
+            run_dir, started
+        ):
+            (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        # The engine records its own failures; anything raised outside it (imports, a report
+        # callback, a wrapper) is recorded here so that every failed run has an error.json.
+        if not _recorded_since(run_dir, started):
+            store.write_json_atomic(
+                run_dir / store.ERROR_FILE,
+                {
+                    "error": str(exc),
+                    "type": type(exc).__name__,
+                    "traceback": traceback.format_exc(),
+                    "step": last.get("step"),
+                    "time": _now(),
+                },
+            )
+        raise
+
+
+def _recorded_since(run_dir: Path, since: float) -> bool:
+    try:
+        return (run_dir / store.ERROR_FILE).stat().st_mtime >= since - 1
+    except FileNotFoundError:
+        return False
+
+
+def _refuse_repeated_failure(run_dir: Path, session_start: float | None) -> None:
+    error = store.read_error(run_dir)
+    if session_start is None or error is None or error.get("type") not in DETERMINISTIC_ERRORS:
+        return
+    if _recorded_since(run_dir, session_start + 1):
+        raise TrainingError(
+            f"{run_dir / store.ERROR_FILE}: this run already failed in this sweep with "
+            f"{error.get('type')}: {error.get('error')}; not retrying a failure that would repeat"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The Ray side of a trial (runs in a Ray worker)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every Ray trial needs; shipped once through the object store (with_parameters)."""
+
+    sweep: Sweep
+    trials: Mapping[str, Trial]  # trial id -> trial (empty for search: optuna)
+    results: str
+    train_fn: TrainFn
+    session_start: float
+    poll_s: float = LOCK_POLL_S
+
+    def trial_for(self, config: Mapping[str, Any]) -> Trial:
+        if "trial_id" in config:
+            return self.trials[config["trial_id"]]
+        return trial_from_params(self.sweep, config)
+
+
+def _trainable(config: dict[str, Any], job: _Job) -> None:
+    for name in ("ray.train", "ray.tune"):  # "Checkpoint successfully created" on every epoch
+        logging.getLogger(name).setLevel(logging.WARNING)
+    trial = job.trial_for(config)
+    run_dir = store.run_path(job.results, trial.run_id)
+    final = execute_trial(
+        trial,
+        run_dir,
+        job.train_fn,
+        report=_report_epoch,
+        session_start=job.session_start,
+        before_train=_restore_from_ray,
+        poll_s=job.poll_s,
+    )
+    metrics = {k: v for k, v in (final.get("metrics") or {}).items() if _is_number(v)}
+    tune.report({**metrics, "epoch": final.get("epochs", 0), "final": 1})
+
+
+def _report_epoch(record: dict[str, Any]) -> None:
+    metrics = {k: v for k, v in record.items() if _is_number(v)}
+    checkpoint = tune.Checkpoint.from_directory(record["checkpoint_dir"])
+    tune.report(metrics, checkpoint=checkpoint)  # copies the checkpoint into Ray's storage now
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _restore_from_ray(run_dir: Path) -> None:
+    """A retry on a node that cannot see the run folder's checkpoint gets Ray's copy of it."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None or store.has_checkpoint(run_dir):
+        return
+    target = run_dir / store.CHECKPOINT_DIR
+    tmp = run_dir / f".{store.CHECKPOINT_DIR}.from-ray"
+    shutil.rmtree(tmp, ignore_errors=True)
+    checkpoint.to_directory(str(tmp))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver-side progress: one line per trial event, and the index kept up to date
+
+
+class _Progress(tune.Callback):
+    def __init__(self, job: _Job, index: SweepIndex, total: int, out: Out) -> None:
+        self.job, self.index, self.total, self.out = job, index, total, out
+        self.numbers: dict[str, int] = {}
+
+    def _trial(self, trial: Any) -> tuple[str, Trial]:
+        ours = self.job.trial_for(trial.config)
+        self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+        return f"[{self.numbers[trial.trial_id]}/{self.total}]", ours
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tag, ours = self._trial(trial)
+        self.index.add(ours, "running")
+        self.index.set_status(ours.run_id, "running")
+        self.index.write()
+        self.out(f"{tag} start   {ours.trial_id}  (run {ours.run_id})")
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        if result.get("final") == 1 or "step" not in result:
+            return
+        tag, ours = self._trial(trial)
+        epochs = ours.config.train.epochs
+        value = result.get(self.job.sweep.file.metric)
+        shown = f"  {self.job.sweep.file.metric} {value:.4f}" if _is_number(value) else ""
+        self.out(f"{tag} epoch {result.get('epoch')}/{epochs}  {ours.trial_id}{shown}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tag, ours = self._trial(trial)
+        self.out(f"{tag} retry   {ours.trial_id}: failed, resuming from its last checkpoint")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial)
+
+    def _ended(self, trial: Any) -> None:
+        tag, ours = self._trial(trial)
+        run_dir = self.index.run_dir(ours.run_id)
+        status = store.run_status(run_dir)
+        self.index.set_status(ours.run_id, status)
+        self.index.write()
+        final = store.read_final(run_dir)
+        if final is not None:
+            metric = self.job.sweep.file.metric
+            value = final["metrics"].get(metric)
+            shown = f"  {metric} {value:.4f}" if _is_number(value) else ""
+            self.out(f"{tag} done    {ours.trial_id}{shown}")
+        else:
+            self.out(f"{tag} {status.upper():<7} {ours.trial_id}: see {run_dir / store.ERROR_FILE}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Starting or joining Ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, *, dashboard: bool, out: Out = _say) -> Iterator[bool]:
+    """Join `address` (or RAY_ADDRESS), reuse a connected Ray, or start a local one.
+
+    Yields whether the Ray instance is local and started here (only then is it shut down).
+    """
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        _print_dashboard(ray.init(ignore_reinit_error=True), out)
+        yield False
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # RAY_AUTH_MODE: we keep Ray 2.60's choice for a new local instance, token auth (it writes
+    # ~/.ray/auth_token; the dashboard's API routes then need the token). Setting the variable
+    # here would be too late: Ray reads it when imported, and a mismatch crashes its GCS.
+    # RAY_AUTH_MODE=disabled (set before starting) turns it off; a joined cluster decides itself.
+    ctx = _connect(address, dashboard)
+    _print_dashboard(ctx, out)
+    try:
+        yield address is None
+    finally:
+        ray.shutdown()
+
+
+def _connect(address: str | None, dashboard: bool) -> Any:
+    env = {"env_vars": dict(RAY_ENV)}
+    try:
+        if address is not None:
+            return ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
+        return ray.init(
+            num_cpus=len(os.sched_getaffinity(0)),
+            include_dashboard=dashboard,
+            runtime_env=env,
+            logging_level=logging.WARNING,
+        )
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"--address {address}: no Ray cluster there ({exc}); start one with "
+            "`ray start --head`, or leave out --address (and unset RAY_ADDRESS) to run locally"
+        ) from None
+    except Exception as exc:
+        if "uthentication" in str(exc):
+            raise ConfigError(
+                f"Ray at {address} refused the connection: {exc}. The cluster uses token auth: "
+                "export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or copy ~/.ray/auth_token)"
+            ) from None
+        raise
+
+
+def _print_dashboard(ctx: Any, out: Out) -> None:
+    url = getattr(ctx, "dashboard_url", None)
+    if not url:
+        out("Ray dashboard: off")
+        return
+    url = url if url.startswith("http") else f"http://{url}"
+    auth = os.environ.get("RAY_AUTH_MODE", "")  # Ray sets it to "token" when it enables auth
+    note = " (token auth: paste `ray get-auth-token` when asked)" if auth == "token" else ""
+    out(f"Ray dashboard: {url}{note}")
+
+
+def _check_resources(sweep: Sweep, local: bool, out: Out = _say) -> None:
+    """A local Ray that cannot fit one trial would wait forever: say so instead."""
+    want = sweep.file.resources
+    have = ray.cluster_resources()
+    short = [
+        f"{name}: {amount:g} per trial, the cluster has {have.get(key, 0):g}"
+        for name, key, amount in (("cpu", "CPU", want.cpu), ("gpu", "GPU", want.gpu))
+        if amount > have.get(key, 0)
+    ]
+    if short and local:
+        raise ConfigError(
+            f"{sweep.where('resources')}: no trial fits this machine ({'; '.join(short)}); lower "
+            "resources in the sweep file (gpu: 0 trains on CPU) or join a cluster with --address"
+        )
+    if short:
+        out(f"warning: no node fits a trial now ({'; '.join(short)}); trials wait for one")
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep
+
+
+@dataclass
+class SweepOutcome:
+    """How a sweep ended; `exit_code` is 0 only when every run finished."""
+
+    name: str
+    index_path: Path
+    statuses: dict[str, str]  # trial id -> status
+    errors: dict[str, Path] = field(default_factory=dict)  # trial id -> error.json
+    trained: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if all(s == "finished" for s in self.statuses.values()) else 1
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How to run on Ray (the runner's flags)."""
+
+    address: str | None
+    max_concurrent: int | None
+    dashboard: bool
+    storage: str | None
+    out: Out
+
+
+def run_sweep(
+    sweep: Sweep,
+    results: str | Path = "results",
+    *,
+    train_fn: TrainFn | None = None,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    dashboard: bool = True,
+    storage: str | None = None,
+    poll_s: float = LOCK_POLL_S,
+    out: Out = _say,
+) -> SweepOutcome:
+    """Run every unfinished trial of `sweep` on Ray and return how the sweep ended.
+
+    Args:
+        sweep: a loaded sweep (`depthcore.sweep.load_sweep`).
+        results: the results folder (runs/ and sweeps/ inside; Ray's files in ray/).
+        train_fn: `train(cfg, run_dir, *, report, progress) -> final dict`; default the engine.
+        address: a Ray cluster to join ("auto", "ray://host:10001", host:port); default
+            RAY_ADDRESS, else a local Ray with every CPU of this machine.
+        max_concurrent: at most this many trials at once (default: the sweep file's value).
+        dashboard: start the Ray dashboard with a local Ray (its URL is printed).
+        storage: Ray's storage_path (a shared path or s3://...); default <results>/ray.
+        poll_s: seconds between checks of a run another process is training.
+    """
+    results = Path(results).resolve()
+    job = _Job(sweep, {}, str(results), train_fn or _engine_train(), time.time(), poll_s=poll_s)
+    opts = _Options(address, max_concurrent, dashboard, storage, out)
+    if sweep.file.search.method == "optuna":
+        return _run_optuna(job, opts)
+    trials = expand(sweep)
+    index = SweepIndex(sweep, results, trials)
+    index.write()
+    todo = _todo(index, trials)
+    done = len(run_groups(trials)) - len(todo)
+    out(f"{sweep.name}: {len(trials)} trials, {done} runs finished already, {len(todo)} to train")
+    if todo:
+        job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
+        space = {"trial_id": tune.grid_search([t.trial_id for t in todo])}
+        _run_on_ray(job, opts, index, space)
+    return _summarise(sweep, index, len(todo), out)
+
+
+def _todo(index: SweepIndex, trials: Sequence[Trial]) -> list[Trial]:
+    """One trial per unfinished run; runs another process is training go last (waited for)."""
+    firsts = [group[0] for group in run_groups(trials).values()]
+    todo = [t for t in firsts if index.status_of(t.run_id) != "finished"]
+    return sorted(todo, key=lambda t: index.status_of(t.run_id) == "running")
+
+
+def _run_on_ray(
+    job: _Job,
+    opts: _Options,
+    index: SweepIndex,
+    space: dict[str, Any],
+    search_alg: Any = None,
+    num_samples: int = 1,
+) -> None:
+    spec = job.sweep.file
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, job=job), resources)
+    total = num_samples if search_alg is not None else len(job.trials)
+    try:
+        with ray_session(opts.address, dashboard=opts.dashboard, out=opts.out) as local:
+            _check_resources(job.sweep, local, opts.out)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    search_alg=search_alg,
+                    num_samples=num_samples,
+                    max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{spec.name}_{time.strftime('%Y%m%d-%H%M%S')}",
+                    storage_path=opts.storage or str(Path(job.results) / "ray"),
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[_Progress(job, index, total, opts.out)],
+                    verbose=0,
+                ),
+            )
+            grid = tuner.fit()
+    finally:
+        index.refresh()  # after Ray is gone, so locks of stopped trials no longer count
+        index.write()
+    _prune_ray_checkpoints(grid, job)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _prune_ray_checkpoints(grid: Any, job: _Job) -> None:
+    """Ray's copies of finished runs' checkpoints only cost disk: the run folder has final.json."""
+    for result in grid:
+        path = Path(result.path) if result.path else None
+        if path is None or not path.is_dir() or not result.config:
+            continue
+        run_id = job.trial_for(result.config).run_id
+        if store.read_final(store.run_path(job.results, run_id)) is not None:
+            for old in path.glob("checkpoint_*"):
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _summarise(sweep: Sweep, index: SweepIndex, trained: int, out: Out) -> SweepOutcome:
+    statuses = {tid: e["status"] for tid, e in index.entries.items()}
+    errors = {
+        tid: index.run_dir(e["run_id"]) / store.ERROR_FILE
+        for tid, e in index.entries.items()
+        if e["status"] == "failed"
+    }
+    outcome = SweepOutcome(sweep.name, index.path, statuses, errors, trained)
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    out(f"{sweep.name}: {len(statuses)} trials: {parts}  (index: {index.path})")
+    for tid, path in errors.items():
+        error = store.read_error(path.parent) or {}
+        out(f"  failed: {tid}: {error.get('type')}: {error.get('error')}  -> {path}")
+    if any(s in ("interrupted", "pending", "running") for s in statuses.values()):
+        out("  unfinished runs resume from their checkpoints when you rerun the same command")
+    return outcome
+
+
+# ----------------------------------------------------------------------------------------------
+# search: optuna
+
+
+def _run_optuna(job: _Job, opts: _Options) -> SweepOutcome:
+    from optuna.samplers import TPESampler
+
+    sweep, results = job.sweep, Path(job.results)
+    index = SweepIndex(sweep, results, [])
+    index.refresh()
+    index.write()
+    journal = _journal(results, sweep.name)
+    remaining = max(sweep.file.search.n_trials - _prepare_study(journal, sweep, opts.out), 0)
+    where = results / store.SWEEPS_DIR / f"{sweep.name}.optuna.journal"
+    opts.out(f"{sweep.name}: optuna study {where}: {remaining} trials to run")
+    if remaining:
+        search = sweep.file.search
+        searcher = _final_only_optuna()(
+            metric=sweep.file.metric,
+            mode=sweep.file.resolved_mode,
+            sampler=TPESampler(seed=search.seed, n_startup_trials=search.n_startup_trials),
+            study_name=sweep.name,
+            storage=journal,
+        )
+        space = {key: _domain(rng) for key, rng in search.space.items()}
+        _run_on_ray(job, opts, index, space, searcher, remaining)
+    return _summarise(sweep, index, remaining, opts.out)
+
+
+def _final_only_optuna() -> type:
+    from ray.tune.search.optuna import OptunaSearch
+
+    class FinalOnlyOptunaSearch(OptunaSearch):
+        """Tells Optuna a trial's final metric only: no pruning on epoch values, and a trial that
+        errored is a FAIL (OptunaSearch would otherwise record its last epoch value)."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            pass
+
+        def on_trial_complete(
+            self, trial_id: str, result: dict | None = None, error: bool = False
+        ) -> None:
+            super().on_trial_complete(trial_id, None if error else result, error)
+
+    return FinalOnlyOptunaSearch
+
+
+def _journal(results: Path, name: str) -> Any:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = results / store.SWEEPS_DIR / f"{name}.optuna.journal"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _prepare_study(storage: Any, sweep: Sweep, out: Out) -> int:
+    """Trials already spent; trials left RUNNING by a dead driver are re-queued (same params),
+    so their runs resume from the run folders' checkpoints."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=sweep.name, storage=storage)
+    except KeyError:
+        return 0
+    spent = 0
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial._trial_id, "requeued", True)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            study.enqueue_trial(trial.params)
+            out(f"  re-queued interrupted optuna trial {trial.number}: {trial.params}")
+        elif trial.state.is_finished() and not trial.user_attrs.get("requeued"):
+            spent += 1
+    return spent
+
+
+def _domain(rng: Range) -> Any:
+    if rng.choice is not None:
+        return tune.choice(list(rng.choice))
+    if rng.uniform is not None:
+        return tune.uniform(*rng.uniform)
+    return tune.loguniform(*(rng.loguniform or []))
+
+
+# ----------------------------------------------------------------------------------------------
+# --only: one trial in this process, no Ray
+
+
+def find_trial(sweep: Sweep, key: str) -> Trial:
+    """The trial whose id, label or run id is `key` (or a unique id prefix)."""
+    if sweep.file.search.method == "optuna":
+        raise ConfigError(f"--only {key}: search: optuna has no fixed trials to pick from")
+    trials = expand(sweep)
+    for match in (
+        lambda t: key in (t.trial_id, t.run_id),
+        lambda t: t.label == key,
+        lambda t: t.trial_id.startswith(key),
+    ):
+        found = [t for t in trials if match(t)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            ids = ", ".join(t.trial_id for t in found[:5])
+            raise ConfigError(f"--only {key}: matches {len(found)} trials ({ids}); be precise")
+    known = "\n  ".join(t.trial_id for t in trials)
+    raise ConfigError(f"--only {key}: no such trial in {sweep.source}; trials:\n  {known}")
+
+
+def run_one(
+    sweep: Sweep,
+    key: str,
+    results: str | Path = "results",
+    *,
+    train_fn: TrainFn | None = None,
+    out: Out = _say,
+) -> SweepOutcome:
+    """Train one trial in this process (debugging: breakpoints work, no Ray involved)."""
+    results = Path(results).resolve()
+    trial = find_trial(sweep, key)
+    index = SweepIndex(sweep, results, expand(sweep))
+    run_dir = index.run_dir(trial.run_id)
+    out(f"{trial.trial_id}: run {trial.run_id} -> {run_dir}")
+    index.set_status(trial.run_id, "running")
+    index.write()
+    try:
+        execute_trial(trial, run_dir, train_fn or _engine_train(), progress=True, out=out)
+    finally:
+        index.refresh()
+        index.write()
+    only = {trial.trial_id: index.entries[trial.trial_id]["status"]}
+    errors = (
+        {trial.trial_id: run_dir / store.ERROR_FILE} if only[trial.trial_id] == "failed" else {}
+    )
+    return SweepOutcome(sweep.name, index.path, only, errors, 1)

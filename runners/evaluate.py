@@ -1,0 +1,48 @@
+"""Evaluate a run folder or a Monodepth2 model folder with the Eigen protocol.
+
+  python runners/evaluate.py --weights DIR [--config CFG.yaml] [--set k=v ...] [--scales 0 1 2 3]
+
+A Monodepth2 folder (encoder.pth, depth.pth, ...) needs the data keys, e.g.
+  --set data.dataset=kitti --set data.root=kitti_data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from depthcore.cli import add_set_option, format_metrics, run_main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--weights", required=True, help="run folder or Monodepth2 model folder")
+    parser.add_argument("--config", help="config YAML (default: the run folder's config.yaml)")
+    parser.add_argument(
+        "--scales", type=int, nargs="+", help="decoder scales (default: eval.scales)"
+    )
+    parser.add_argument("--json", help="also write the metrics per scale to this JSON file")
+    add_set_option(parser)
+    args = parser.parse_args()
+
+    from depthcore import store
+    from depthcore.evaluate import evaluate_weights
+
+    result, _ = evaluate_weights(
+        args.weights, config=args.config, overrides=args.overrides, scales=args.scales
+    )
+    by_scale = {str(s): m for s, m in result.metrics_by_scale.items()}
+    print(f"{result.n_images} images")
+    print(format_metrics(by_scale))
+    if args.json:
+        store.write_json_atomic(
+            args.json, {"n_images": result.n_images, "metrics_by_scale": by_scale}
+        )
+        print(json.dumps({"written": args.json}))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,153 @@
+"""The engine on tiny synthetic drives (CPU): contract files, resume, failures, schedule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from depthcore import engine, store
+from depthcore.config import load_config
+from depthcore.errors import ConfigError, TrainingError
+from depthcore.metrics import METRIC_NAMES
+
+
+def test_learning_rate_schedule_paper_semantics() -> None:
+    cfg = load_config(None, ["optim.warmup_steps=1000", "optim.lr_step_epochs=15"])
+    lr = cfg.optim.lr
+    assert engine.learning_rate(cfg, 0, 0) == pytest.approx(lr / 1000)
+    assert engine.learning_rate(cfg, 499, 0) == pytest.approx(lr / 2)
+    assert engine.learning_rate(cfg, 999, 0) == pytest.approx(lr)
+    assert engine.learning_rate(cfg, 50_000, 14) == pytest.approx(lr)  # epochs 1..15 at 1e-4
+    assert engine.learning_rate(cfg, 50_000, 15) == pytest.approx(lr * 0.1)  # epochs 16..20
+    no_warmup = load_config(None, ["optim.warmup_steps=0"])
+    assert engine.learning_rate(no_warmup, 0, 0) == pytest.approx(lr)
+
+
+def test_cuda_request_without_gpu_is_a_config_error(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"train\.device: 'cuda' was requested"):
+        engine.resolve_device("cuda")
+    assert engine.resolve_device("auto").type == "cpu"
+
+
+def test_run_writes_the_results_contract(tiny_overrides, tmp_path) -> None:
+    cfg = load_config(
+        None,
+        [*tiny_overrides, "model.scales=[0,1,2,3,4]", "eval.scales=[0,2,4]", "train.log_every=1"],
+    )
+    final = engine.train(cfg, tmp_path, progress=False)
+    assert store.run_status(tmp_path) == "finished"
+    on_disk = json.loads((tmp_path / store.FINAL_FILE).read_text())
+    assert on_disk == final and final["run_id"] == cfg.run_id()
+    assert set(final["metrics_by_scale"]) == {"0", "2", "4"}
+    assert final["metrics"] == final["metrics_by_scale"]["0"]
+    assert list(final["metrics"]) == list(METRIC_NAMES)
+    assert final["steps"] == 2 and final["epochs"] == 1 and final["device"] == "cpu"
+    assert load_config(tmp_path / store.CONFIG_FILE) == cfg
+    records = store.read_jsonl(tmp_path / store.METRICS_FILE)
+    assert [r["type"] for r in records] == ["train", "train", "epoch"]
+    assert "abs_rel" in records[-1] and np.isfinite(records[-1]["train_loss"])
+    header, *rows = (tmp_path / store.PER_IMAGE_FILE).read_text().splitlines()
+    assert header.split(",") == ["image", "scale", *METRIC_NAMES]
+    assert len(rows) == 3 * final["n_images"]
+    preds = np.load(tmp_path / store.PREDICTIONS_FILE)
+    n = preds["rgb"].shape[0]
+    assert preds["rgb"].shape == (n, 64, 192, 3) and preds["disp"].shape == (n, 3, 64, 192)
+    assert list(preds["scales"]) == [0, 2, 4]
+    assert store.has_checkpoint(tmp_path) and not (tmp_path / store.LOCK_FILE).exists()
+
+
+def test_finished_run_is_not_trained_again(tiny_cfg, tmp_path, monkeypatch) -> None:
+    final = engine.train(tiny_cfg, tmp_path, progress=False)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(engine, "_setup", boom)
+    assert engine.train(tiny_cfg, tmp_path, progress=False) == final
+
+
+def test_folder_of_another_run_is_refused(tiny_cfg, tiny_overrides, tmp_path) -> None:
+    engine.train(tiny_cfg, tmp_path, progress=False)
+    other = load_config(None, [*tiny_overrides, "loss.photometric=l1"])
+    (tmp_path / store.FINAL_FILE).unlink()
+    with pytest.raises(ConfigError, match="holds a different run"):
+        engine.train(other, tmp_path, progress=False)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _weights(run_dir) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE, weights_only=False)
+    return state["models"]
+
+
+def test_resume_after_interruption_is_bitwise_identical(tiny_overrides, tmp_path) -> None:
+    overrides = [*tiny_overrides, "train.epochs=2", "data.augment=true"]
+    cfg = load_config(None, overrides)
+    straight = engine.train(cfg, tmp_path / "a", progress=False)
+
+    def crash_after_first_epoch(record: dict) -> None:
+        if record["epoch"] == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        engine.train(cfg, tmp_path / "b", report=crash_after_first_epoch, progress=False)
+    assert store.run_status(tmp_path / "b") == "failed"  # recorded, and resumable
+    resumed = engine.train(cfg, tmp_path / "b", progress=False)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["metrics"] == straight["metrics"] and resumed["steps"] == straight["steps"]
+    epochs = [
+        r["epoch"]
+        for r in store.read_jsonl(tmp_path / "b" / store.METRICS_FILE)
+        if r["type"] == "epoch"
+    ]
+    assert epochs == [1, 2]
+
+
+def test_non_finite_loss_stops_with_step_and_terms(tiny_cfg, tmp_path, monkeypatch) -> None:
+    real = engine.compute_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            return type(terms)(**{**vars(terms), "total": terms.total * float("nan")})
+        return terms
+
+    monkeypatch.setattr(engine, "compute_losses", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 1: total=nan, photometric="):
+        engine.train(tiny_cfg, tmp_path, progress=False)
+    error = store.read_error(tmp_path)
+    assert error["type"] == "TrainingError" and "step 1" in error["error"]
+    assert store.run_status(tmp_path) == "failed"
+
+
+def test_report_callback_gets_each_epoch(tiny_overrides, tmp_path) -> None:
+    cfg = load_config(None, [*tiny_overrides, "train.epochs=2"])
+    seen: list[dict] = []
+    engine.train(cfg, tmp_path, report=seen.append, progress=False)
+    assert [r["epoch"] for r in seen] == [1, 2]
+    assert all("abs_rel" in r and r["checkpoint_dir"].endswith(store.CHECKPOINT_DIR) for r in seen)
+
+
+def test_train_runner_rejects_bad_config_with_exit_code_2(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "runners/train.py", "--set", "loss.w_c=-0.1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "loss.w_c: must be >= 0, got -0.1" in proc.stderr
+    assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())

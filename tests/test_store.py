@@ -1,0 +1,115 @@
+"""The results store: atomic files, tolerant readers, the run lock, run status."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+
+import pytest
+
+from depthcore import store
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path) -> None:
+    path = tmp_path / "final.json"
+
+    class Boom:
+        pass
+
+    with pytest.raises(TypeError):
+        store.write_json_atomic(path, {"bad": Boom()})
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    store.write_json_atomic(path, {"metrics": {"abs_rel": 0.1}})
+    assert store.read_final(tmp_path)["metrics"]["abs_rel"] == 0.1
+
+
+def test_readers_tolerate_half_written_files(tmp_path) -> None:
+    (tmp_path / store.FINAL_FILE).write_text('{"metrics": {"abs_')
+    (tmp_path / store.METRICS_FILE).write_text('{"step": 1}\n{"step": 2}\n{"ste')
+    (tmp_path / store.CONFIG_FILE).write_text("loss: [unclosed\n")
+    assert store.read_final(tmp_path) is None
+    assert store.read_run_config(tmp_path) is None
+    assert store.read_jsonl(tmp_path / store.METRICS_FILE) == [{"step": 1}, {"step": 2}]
+    assert store.run_status(tmp_path) == "pending"
+
+
+def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path) -> None:
+    path = tmp_path / store.METRICS_FILE
+    for step in (1, 2, 3, 4):
+        store.append_jsonl(path, {"step": step})
+    store.truncate_metrics(path, 2)
+    assert [r["step"] for r in store.read_jsonl(path)] == [1, 2]
+
+
+def test_status_from_files(tmp_path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    assert store.run_status(run) == "pending"
+    (run / store.CHECKPOINT_DIR).mkdir()
+    (run / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE).write_bytes(b"x")
+    assert store.run_status(run) == "interrupted"
+    store.write_json_atomic(run / store.ERROR_FILE, {"error": "nan"})
+    assert store.run_status(run) == "failed"
+    with store.RunLock(run):
+        assert store.run_status(run) == "running"
+    store.write_json_atomic(run / store.FINAL_FILE, {"metrics": {}})
+    assert store.run_status(run) == "finished"
+
+
+def _try_lock(path: str, queue: mp.Queue) -> None:
+    try:
+        with store.RunLock(path):
+            queue.put("acquired")
+    except store.RunLockedError as exc:
+        queue.put(f"locked: {exc}")
+
+
+def test_lock_is_exclusive_across_processes(tmp_path) -> None:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with store.RunLock(tmp_path):
+        proc = ctx.Process(target=_try_lock, args=(str(tmp_path), queue))
+        proc.start()
+        proc.join(60)
+        result = queue.get(timeout=5)
+    assert result.startswith("locked:") and f"pid {os.getpid()}" in result
+    assert not (tmp_path / store.LOCK_FILE).exists()
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path) -> None:
+    # A pid that cannot be alive on this host: the lock is stale.
+    dead = {"host": __import__("socket").gethostname(), "pid": 2**22 + 12345, "time": 0}
+    (tmp_path / store.LOCK_FILE).write_text(json.dumps(dead))
+    assert not store.lock_is_held(tmp_path)
+    with store.RunLock(tmp_path):
+        owner = json.loads((tmp_path / store.LOCK_FILE).read_text())
+        assert owner["pid"] == os.getpid()
+
+
+def test_lock_of_another_host_expires_with_its_heartbeat(tmp_path) -> None:
+    other = {"host": "elsewhere", "pid": 1, "time": 0}
+    lock = tmp_path / store.LOCK_FILE
+    lock.write_text(json.dumps(other))
+    assert store.lock_is_held(tmp_path)
+    old = lock.stat().st_mtime - store.LOCK_STALE_S - 1
+    os.utime(lock, (old, old))
+    assert not store.lock_is_held(tmp_path)
+
+
+def test_provenance_records_versions() -> None:
+    prov = store.provenance()
+    assert prov["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert "numpy" in prov["versions"]
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path) -> None:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    store.write_text_atomic(tmp_path / "a.txt", "x")
+    with store.atomic_path(tmp_path / "b.bin") as tmp:
+        tmp.write_bytes(b"x")
+    expected = 0o666 & ~mask
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == expected
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == expected

@@ -1,0 +1,71 @@
+"""runners/sweep.py as a user runs it: --dry-run, and bad sweep files rejected before Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO / "runners" / "sweep.py"
+# Runs the runner as __main__ and reports, on exit, whether the process ever imported Ray.
+PROBE = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('RAY_IMPORTED=%s' % ('ray' in sys.modules), file=sys.stderr))\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def run_runner(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, str(RUNNER), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "count"), [("table1_ssim_m", 10), ("table2_grid", 55), ("table2_paper", 22)]
+)
+def test_dry_run_lists_every_trial(tmp_path: Path, name: str, count: int) -> None:
+    proc = run_runner(f"sweeps/{name}.yaml", "--dry-run", "--results", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == f"{count} trials"
+    assert len(lines) == count + 1
+    assert all("seed=1234" in line and "pending" in line for line in lines[:-1])
+    assert "RAY_IMPORTED=False" in proc.stderr  # a dry run never touches Ray
+    assert not (tmp_path / "sweeps").exists()  # nor writes results
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: bad\ngrid:\n  loss.w_c: [0.5]\nmax_concurent: 2\n", "line 4: max_concurent"),
+        ("name: bad\ngrid:\n  loss.w_c: []\n", "line 3: grid.loss.w_c: empty list"),
+        ("name: bad\ngrid:\n  loss.ssim_wieght: [0.5]\n", "did you mean 'loss.ssim_weight'"),
+        ("name: bad\ngrid:\n  loss.w_l: [0.4, -0.5]\n", "loss.w_l: must be >= 0, got -0.5"),
+    ],
+)
+def test_invalid_sweep_exits_2_before_ray(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    proc = run_runner(str(path), "--results", str(tmp_path / "results"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error: {path}")
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "RAY_IMPORTED=False" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_set_override_exits_2(tmp_path: Path) -> None:
+    proc = run_runner("sweeps/smoke.yaml", "--set", "loss.w_c=-1", "--results", str(tmp_path))
+    assert proc.returncode == 2
+    assert "loss.w_c: must be >= 0, got -1" in proc.stderr
+    assert "RAY_IMPORTED=False" in proc.stderr

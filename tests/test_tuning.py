@@ -1,0 +1,362 @@
+"""The Ray plumbing of depthcore.tuning, driven by a small stand-in for the engine.
+
+`fake_train` keeps the engine's contract (RunLock, config.yaml, metrics.jsonl, checkpoint,
+final.json, error.json, `report` after each checkpoint, resume from run_dir/checkpoint) and
+logs every attempt, so the tests can see what was trained, resumed or skipped. One local Ray
+(2 CPUs, with the dashboard) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from ray import cloudpickle
+
+from depthcore import store
+from depthcore.errors import ConfigError, TrainingError
+from depthcore.sweep import expand, sweep_from_dict, trial_from_params
+from depthcore.tuning import RAY_ENV, execute_trial, find_trial, run_one, run_sweep
+
+ATTEMPTS = "attempts.jsonl"
+TINY_BASE = {
+    "loss": {"photometric": "ssim_a"},
+    "model": {"pretrained": False},
+    "train": {"epochs": 2, "device": "cpu"},
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# A stand-in engine with the engine's file contract
+
+
+def fake_train(
+    cfg: Any,
+    run_dir: str | Path,
+    *,
+    report: Any = None,
+    progress: bool = True,
+    probe_url: str | None = None,
+    fail_at_epoch: int | None = None,
+    fault_once_after: int | None = None,
+    drop_checkpoint: bool = False,
+) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with store.RunLock(run_dir):
+        final = store.read_final(run_dir)
+        if final is not None:
+            return final
+        store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
+        (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
+        state = _load_state(run_dir)
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        store.append_jsonl(run_dir / ATTEMPTS, {"start_epoch": state["epoch"], "node": node})
+        try:
+            for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
+                if epoch == fail_at_epoch:
+                    raise TrainingError(f"non-finite loss at step {2 * epoch}")
+                # A state chain: resuming from anything but the last checkpoint changes the result.
+                state = {"epoch": epoch, "x": state["x"] * (0.5 + cfg.loss.w_c) + 0.01 * epoch}
+                ckpt = run_dir / store.CHECKPOINT_DIR
+                store.write_json_atomic(ckpt / store.CHECKPOINT_FILE, state)  # JSON in state.pt
+                record = {"type": "epoch", "epoch": epoch, "step": 2 * epoch, "train_loss": 1.0}
+                record["abs_rel"] = state["x"] / 10
+                store.append_jsonl(run_dir / store.METRICS_FILE, record)
+                if report is not None:
+                    _report(report, record, ckpt, fault_once_after, drop_checkpoint)
+        except BaseException as exc:  # like the engine: everything but Ctrl-C is recorded
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            store.write_json_atomic(
+                run_dir / store.ERROR_FILE,
+                {"error": str(exc), "type": type(exc).__name__, "traceback": "", "step": None},
+            )
+            raise
+        final = {"run_id": cfg.run_id(), "metrics": {"abs_rel": state["x"] / 10}, "node": node}
+        final["epochs"] = cfg.train.epochs
+        if probe_url:  # the dashboard, asked while the sweep runs
+            final["dashboard_status"] = urllib.request.urlopen(probe_url, timeout=20).status
+        store.write_json_atomic(run_dir / store.FINAL_FILE, final)
+        return final
+
+
+def _load_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
+    return store.read_json(path) or {"epoch": 0, "x": 1.0}
+
+
+def _report(
+    report: Any, record: dict, ckpt: Path, fault_once_after: int | None, drop: bool
+) -> None:
+    report({**record, "checkpoint_dir": str(ckpt)})
+    marker = ckpt.parent / "fault-injected"
+    if record["epoch"] == fault_once_after and not marker.exists():
+        marker.write_text("x")
+        if drop:  # as if the retry ran on a node that cannot see this run folder's checkpoint
+            for path in ckpt.iterdir():
+                path.unlink()
+        raise RuntimeError("injected fault after the first epoch's checkpoint")
+
+
+def must_not_train(cfg: Any, run_dir: Any, **kw: Any) -> dict[str, Any]:
+    raise AssertionError(f"trained {run_dir} although it had finished")
+
+
+def attempts(results: Path, run_id: str) -> list[dict[str, Any]]:
+    return store.read_jsonl(store.run_path(results, run_id) / ATTEMPTS)
+
+
+def make_sweep(name: str, **keys: Any):
+    return sweep_from_dict({"name": name, "base": TINY_BASE, **keys})
+
+
+# ----------------------------------------------------------------------------------------------
+# One local Ray for the module
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    ctx = ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        runtime_env={"env_vars": dict(RAY_ENV)},
+        logging_level=logging.WARNING,
+    )
+    yield ctx
+    ray.shutdown()
+
+
+def test_sweep_writes_the_results_contract_and_a_rerun_trains_nothing(
+    ray_local: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://{ray_local.dashboard_url}/"
+    sweep = make_sweep("e2e", grid={"loss.w_c": [0.4, 0.6]})
+    outcome = run_sweep(sweep, tmp_path, train_fn=functools.partial(fake_train, probe_url=url))
+    out = capsys.readouterr().out
+    assert outcome.exit_code == 0 and outcome.trained == 2
+    assert f"Ray dashboard: {url.rstrip('/')}" in out
+    assert "[1/2] start" in out and "epoch 2/2" in out and "done" in out
+    for trial in expand(sweep):
+        run_dir = store.run_path(tmp_path, trial.run_id)
+        assert store.run_status(run_dir) == "finished"
+        final = store.read_final(run_dir)
+        assert final["dashboard_status"] == 200
+        epochs = [r for r in store.read_jsonl(run_dir / store.METRICS_FILE) if r["type"] == "epoch"]
+        assert [r["epoch"] for r in epochs] == [1, 2]
+        assert yaml.safe_load((run_dir / store.CONFIG_FILE).read_text())["loss"]["w_c"] in (
+            0.4,
+            0.6,
+        )
+    index = yaml.safe_load((tmp_path / "sweeps" / "e2e.yaml").read_text())
+    assert set(index) == {"name", "sweep_file", "updated", "metric", "mode", "swept", "trials"}
+    assert (index["name"], index["metric"], index["mode"]) == ("e2e", "abs_rel", "min")
+    assert index["swept"] == ["loss.w_c"]
+    assert [t["status"] for t in index["trials"]] == ["finished", "finished"]
+    assert [t["params"] for t in index["trials"]] == [{"loss.w_c": 0.4}, {"loss.w_c": 0.6}]
+    assert not list((tmp_path / "ray").rglob("checkpoint_*"))  # Ray's copies pruned
+
+    again = run_sweep(sweep, tmp_path, train_fn=must_not_train)
+    assert again.exit_code == 0 and again.trained == 0
+    assert "0 to train" in capsys.readouterr().out
+
+    # Another sweep sharing one run: only its new run trains.
+    wider = make_sweep("wider", grid={"loss.w_c": [0.6, 0.8]})
+    assert run_sweep(wider, tmp_path, train_fn=fake_train).trained == 1
+    for trial in expand(wider):
+        assert len(attempts(tmp_path, trial.run_id)) == 1
+
+
+def test_trial_killed_mid_run_resumes_from_its_checkpoint(
+    ray_local: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = make_sweep(
+        "fault",
+        base={**TINY_BASE, "train": {"epochs": 3, "device": "cpu"}},
+        trials=[{"label": "local", "loss.w_c": 0.3}, {"label": "remote", "loss.w_c": 0.7}],
+        max_failures=1,
+    )
+    local, remote = expand(sweep)
+
+    def flaky(cfg: Any, run_dir: Any, **kw: Any) -> dict[str, Any]:
+        drop = cfg.loss.w_c == 0.7  # this one must come back from Ray's copy of the checkpoint
+        return fake_train(cfg, run_dir, fault_once_after=1, drop_checkpoint=drop, **kw)
+
+    outcome = run_sweep(sweep, tmp_path, train_fn=flaky)
+    assert outcome.exit_code == 0, capsys.readouterr().out
+    assert "retry" in capsys.readouterr().out
+    for trial in (local, remote):
+        assert [a["start_epoch"] for a in attempts(tmp_path, trial.run_id)] == [0, 1]
+        clean = tmp_path / "clean" / trial.run_id
+        expected = execute_trial(trial, clean, fake_train)  # uninterrupted, no Ray
+        got = store.read_final(store.run_path(tmp_path, trial.run_id))
+        assert got["metrics"] == expected["metrics"]
+        epochs = store.read_jsonl(store.run_path(tmp_path, trial.run_id) / store.METRICS_FILE)
+        assert [r["epoch"] for r in epochs] == [1, 2, 3]
+
+
+def test_a_failed_run_records_its_error_and_the_sweep_goes_on(
+    ray_local: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = make_sweep(
+        "failing",
+        trials=[{"label": "nan", "loss.w_c": 0.1}, {"label": "fine", "loss.w_c": 0.2}],
+        max_failures=1,
+    )
+    nan, fine = expand(sweep)
+
+    def nan_at_2(cfg: Any, run_dir: Any, **kw: Any) -> dict[str, Any]:
+        return fake_train(cfg, run_dir, fail_at_epoch=2 if cfg.loss.w_c == 0.1 else None, **kw)
+
+    outcome = run_sweep(sweep, tmp_path, train_fn=nan_at_2)
+    out = capsys.readouterr().out
+    assert outcome.exit_code == 1
+    assert outcome.statuses == {nan.trial_id: "failed", fine.trial_id: "finished"}
+    error_json = store.run_path(tmp_path, nan.run_id) / store.ERROR_FILE
+    assert outcome.errors == {nan.trial_id: error_json}
+    assert json.loads(error_json.read_text())["type"] == "TrainingError"
+    assert f"failed: {nan.trial_id}: TrainingError: non-finite loss" in out
+    assert str(error_json) in out
+    # A non-finite loss would recur: Ray's retries fail at once instead of training again.
+    assert len(attempts(tmp_path, nan.run_id)) == 1
+    index = yaml.safe_load((tmp_path / "sweeps" / "failing.yaml").read_text())
+    assert [t["status"] for t in index["trials"]] == ["failed", "finished"]
+
+
+def test_optuna_sweep_continues_its_study(ray_local: Any, tmp_path: Path) -> None:
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    def optuna_sweep(n_trials: int):
+        search = {"method": "optuna", "n_trials": n_trials, "seed": 3, "n_startup_trials": 2}
+        search["space"] = {"loss.w_c": {"uniform": [0.3, 0.7]}, "loss.w_s": {"choice": [0.5, 0.7]}}
+        return make_sweep("tpe", base={**TINY_BASE, "train": {"epochs": 1}}, search=search)
+
+    # A trial a killed driver left RUNNING in the study: it is re-queued with the same values.
+    journal = tmp_path / "sweeps" / "tpe.optuna.journal"
+    journal.parent.mkdir(parents=True)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(study_name="tpe", storage=storage, direction="minimize")
+    space = {
+        "loss.w_c": FloatDistribution(0.3, 0.7),
+        "loss.w_s": CategoricalDistribution([0.5, 0.7]),
+    }
+    orphan = study.ask(space).params
+
+    first = run_sweep(optuna_sweep(2), tmp_path, train_fn=fake_train)
+    assert first.exit_code == 0 and len(first.statuses) == 2
+    index = yaml.safe_load((tmp_path / "sweeps" / "tpe.yaml").read_text())
+    assert trial_from_params(optuna_sweep(2), orphan).run_id in {
+        e["run_id"] for e in index["trials"]
+    }
+    assert run_sweep(optuna_sweep(2), tmp_path, train_fn=must_not_train).trained == 0
+    more = run_sweep(optuna_sweep(3), tmp_path, train_fn=fake_train)
+    assert more.trained == 1 and len(more.statuses) == 3 and more.exit_code == 0
+    index = yaml.safe_load((tmp_path / "sweeps" / "tpe.yaml").read_text())
+    assert index["swept"] == ["loss.w_c", "loss.w_s"]
+    for entry in index["trials"]:
+        cfg = yaml.safe_load(
+            (store.run_path(tmp_path, entry["run_id"]) / "config.yaml").read_text()
+        )
+        assert 0.3 <= cfg["loss"]["w_c"] <= 0.7 and cfg["loss"]["w_s"] in (0.5, 0.7)
+        assert entry["params"]["loss.w_c"] == cfg["loss"]["w_c"]
+        assert entry["status"] == "finished"
+    states = [t.state.name for t in optuna.load_study(study_name="tpe", storage=storage).trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1  # the orphan, re-run
+
+
+def test_resources_this_machine_lacks_are_a_config_error(ray_local: Any) -> None:
+    from depthcore.tuning import _check_resources
+
+    sweep = make_sweep("gpu", trials=[{"label": "a"}], resources={"gpu": 1})
+    with pytest.raises(ConfigError, match=r"resources.*gpu: 1 per trial, the cluster has 0"):
+        _check_resources(sweep, local=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Without Ray
+
+
+def test_a_run_locked_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    sweep = make_sweep("lock", trials=[{"label": "a"}])
+    (trial,) = expand(sweep)
+    run_dir = store.run_path(tmp_path, trial.run_id)
+    lock = store.RunLock(run_dir)
+    lock.acquire()  # "another sweep" holds the run
+
+    def finish_elsewhere() -> None:
+        time.sleep(0.5)
+        store.write_json_atomic(run_dir / store.FINAL_FILE, {"metrics": {"abs_rel": 0.5}})
+        lock.release()
+
+    thread = threading.Thread(target=finish_elsewhere)
+    thread.start()
+    messages: list[str] = []
+    final = execute_trial(trial, run_dir, must_not_train, poll_s=0.05, out=messages.append)
+    thread.join()
+    assert final["metrics"] == {"abs_rel": 0.5}
+    assert "waiting for it to finish" in messages[0]
+
+
+def test_errors_outside_the_engine_are_recorded(tmp_path: Path) -> None:
+    (trial,) = expand(make_sweep("broken", trials=[{"label": "a"}]))
+    run_dir = tmp_path / "run"
+
+    def broken(cfg: Any, run_dir: Any, **kw: Any) -> dict[str, Any]:
+        raise MemoryError("out of memory (simulated)")
+
+    with pytest.raises(MemoryError):
+        execute_trial(trial, run_dir, broken)
+    error = store.read_error(run_dir)
+    assert error["type"] == "MemoryError" and "out of memory" in error["error"]
+    assert "Traceback" in error["traceback"]
+    assert store.run_status(run_dir) == "failed"
+
+
+def test_only_runs_one_trial_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = make_sweep("one", trials=[{"label": "a", "loss.w_c": 0.1}, {"label": "b"}])
+    a, b = expand(sweep)
+    assert find_trial(sweep, "b") == b
+    assert find_trial(sweep, a.run_id) == a
+    assert find_trial(sweep, "a,seed") == a
+    with pytest.raises(ConfigError, match="no such trial"):
+        find_trial(sweep, "c")
+    outcome = run_one(sweep, "a", tmp_path, train_fn=fake_train)
+    assert outcome.exit_code == 0 and outcome.statuses == {a.trial_id: "finished"}
+    index = yaml.safe_load((tmp_path / "sweeps" / "one.yaml").read_text())
+    assert [t["status"] for t in index["trials"]] == ["finished", "pending"]
+
+
+def test_a_stopped_trial_is_interrupted_not_failed(tmp_path: Path) -> None:
+    """Ray stops a trial with sys.exit(0) inside tune.report; the run must not look failed."""
+    (trial,) = expand(make_sweep("stop", trials=[{"label": "a"}]))
+    run_dir = tmp_path / "run"
+
+    def stopped(cfg: Any, run_dir: Any, *, report: Any = None, **kw: Any) -> dict[str, Any]:
+        def stop_after_first(record: dict[str, Any]) -> None:
+            report(record)
+            sys.exit(0)
+
+        return fake_train(cfg, run_dir, report=stop_after_first, **kw)
+
+    with pytest.raises(SystemExit):
+        execute_trial(trial, run_dir, stopped)
+    assert store.run_status(run_dir) == "interrupted"
+    assert execute_trial(trial, run_dir, fake_train)["epochs"] == 2
+    assert [a["start_epoch"] for a in store.read_jsonl(run_dir / ATTEMPTS)] == [0, 1]
