@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,18 +30,19 @@ from depthcore.config import Config, config_from_dict, deep_merge, load_config
 from depthcore.data import build_train_loader, resolve_data
 from depthcore.engine import (
     Runtime,
+    StepFn,
     batch_to_device,
+    build_runtime,
     depth_forward,
-    forward_losses,
     loss_forward,
-    optimiser_step,
+    make_optimizer,
+    make_step,
     pose_forward,
     prepare_images,
     resolve_device,
     seed_everything,
 )
 from depthcore.errors import ConfigError
-from depthcore.networks import build_models
 
 PHASES = ("data", "depth_net", "pose_net", "warp_and_loss", "backward", "optimiser")
 
@@ -54,10 +55,11 @@ class Variant:
     cache: bool = True
     fast: bool = True
     amp: bool = True  # bf16 autocast + channels_last; CUDA only
+    graph: bool = True  # the step as one CUDA graph; CUDA only
     compile: bool = False
 
 
-REFERENCE = Variant("reference", cache=False, fast=False, amp=False)
+REFERENCE = Variant("reference", cache=False, fast=False, amp=False, graph=False)
 FAST = Variant("fast")
 
 
@@ -94,7 +96,13 @@ def _with(cfg: Config, **sections: dict[str, Any]) -> Config:
 
 
 def _variant_config(cfg: Config, variant: Variant) -> Config:
-    return _with(cfg, data={"cache": variant.cache}, train={"amp": variant.amp})
+    train = {
+        "amp": variant.amp,
+        "cuda_graph": variant.graph,
+        "compile": variant.compile,
+        "loss_impl": "fast" if variant.fast else "reference",
+    }
+    return _with(cfg, data={"cache": variant.cache}, train=train)
 
 
 def _sync(device: torch.device) -> None:
@@ -110,19 +118,12 @@ def _endless(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
         epoch += 1
 
 
-def _runtime(cfg: Config, variant: Variant) -> tuple[Runtime, torch.optim.Optimizer]:
+def _runtime(cfg: Config) -> tuple[Runtime, torch.optim.Optimizer]:
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     torch.backends.cudnn.benchmark = True
-    amp = variant.amp and device.type == "cuda"
-    models = build_models(cfg.model).to(device)
-    if amp:
-        models = models.to(memory_format=torch.channels_last)
-    if variant.compile:
-        for module in (models.encoder, models.depth, models.pose_encoder, models.pose):
-            module.compile()
-    rt = Runtime(cfg=cfg, models=models, device=device, amp=amp, fast=variant.fast)
-    return rt, torch.optim.Adam(models.parameters(), lr=cfg.optim.lr)
+    rt = build_runtime(cfg, device)
+    return rt, make_optimizer(rt)
 
 
 def _timed_phases(
@@ -153,35 +154,50 @@ def _timed_phases(
 
 
 def _timed_step(
-    rt: Runtime, opt: torch.optim.Optimizer, batches: Iterator[dict[str, torch.Tensor]]
+    step: StepFn, device: torch.device, batches: Iterator[dict[str, torch.Tensor]]
 ) -> float:
     start = time.perf_counter()
-    terms = forward_losses(rt, batch_to_device(next(batches), rt.device))
-    optimiser_step(opt, terms.total)
-    _sync(rt.device)
+    step(next(batches))
+    _sync(device)
     return time.perf_counter() - start
 
 
 def bench_step(cfg: Config, variant: Variant, *, steps: int, warmup: int) -> StepResult:
-    """Median samples/s of the full training step, with a per-phase breakdown."""
+    """Median samples/s of the full training step, with a per-phase breakdown.
+
+    The breakdown runs the same settings eagerly (a graphed step has no phases to time).
+    """
     cfg = _variant_config(cfg, variant)
-    rt, opt = _runtime(cfg, variant)
+    device = resolve_device(cfg.train.device)
+    _reset_peak(device)  # before the networks: peak memory includes weights and graph pools
+    rt, opt = _runtime(cfg)
+    step = make_step(rt, opt)
     batches = _endless(build_train_loader(cfg, resolve_data(cfg)))
     for _ in range(warmup):
-        _timed_step(rt, opt, batches)
-    _reset_peak(rt.device)
+        _timed_step(step, rt.device, batches)
     with _GpuSampler(rt.device) as util:
-        times = [_timed_step(rt, opt, batches) for _ in range(steps)]
-    phases = [_timed_phases(rt, opt, batches) for _ in range(max(3, steps // 2))]
+        times = [_timed_step(step, rt.device, batches) for _ in range(steps)]
+    peak = _peak_memory_mb(rt.device)
+    eager_rt = replace(rt, graph=False)
+    eager_opt = torch.optim.Adam(rt.models.parameters(), lr=cfg.optim.lr)
+    phases = [_timed_phases(eager_rt, eager_opt, batches) for _ in range(max(3, steps // 2))]
     step_s = statistics.median(times)
     return StepResult(
         variant=variant.name,
         samples_per_s=cfg.optim.batch_size / step_s,
         step_ms=1e3 * step_s,
         breakdown_ms={p: 1e3 * statistics.median(ph[p] for ph in phases) for p in PHASES},
-        peak_memory_mb=_peak_memory_mb(rt.device),
+        peak_memory_mb=peak,
         gpu_util_percent=util.mean,
     )
+
+
+def _guarded_step(cfg: Config, variant: Variant, *, steps: int, warmup: int) -> dict[str, Any]:
+    # One failing variant (e.g. out of memory) must not lose the others' numbers.
+    try:
+        return asdict(bench_step(cfg, variant, steps=steps, warmup=warmup))
+    except Exception as exc:
+        return {"variant": variant.name, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def bench_loss(cfg: Config, *, fast: bool, steps: int, warmup: int) -> float:
@@ -305,6 +321,9 @@ def bench_pack(args: Sequence[str], n: int) -> dict[str, Any]:
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     if any(p.returncode for p in procs):
         raise ConfigError(f"a packed benchmark process failed: {cmd}")
+    failed = [r["steps"][0]["error"] for r in results if "error" in r["steps"][0]]
+    if failed:
+        return {"processes": n, "error": failed[0]}
     per = [r["steps"][0]["samples_per_s"] for r in results]
     return {"processes": n, "samples_per_s_each": per, "combined_samples_per_s": sum(per)}
 
@@ -328,8 +347,9 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
         variants += [
             Variant("fast-no-cache", cache=False),
             Variant("fast-reference-loss-and-pose", fast=False),
-            Variant("fast-fp32", amp=False),
         ]
+        if options["device"] == "cuda":
+            variants += [Variant("fast-no-graph", graph=False), Variant("fast-fp32", amp=False)]
     if options.get("compile"):
         variants.append(Variant("fast+compile", compile=True))
     out: dict[str, Any] = {
@@ -338,12 +358,13 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
         "size": [h, w],
         "batch": cfg.optim.batch_size,
         "loss": cfg.loss.photometric,
-        "steps": [asdict(bench_step(cfg, v, steps=steps, warmup=warmup)) for v in variants],
+        "steps": [_guarded_step(cfg, v, steps=steps, warmup=warmup) for v in variants],
     }
     if options.get("only_step"):
         return out
-    ref, fast = out["steps"][0]["samples_per_s"], out["steps"][1]["samples_per_s"]
-    out["step_speedup"] = fast / ref
+    ref, fast = (out["steps"][i].get("samples_per_s") for i in (0, 1))
+    if ref and fast:
+        out["step_speedup"] = fast / ref
     out["loss_samples_per_s"] = {
         "reference": bench_loss(cfg, fast=False, steps=steps, warmup=warmup),
         "fast": bench_loss(cfg, fast=True, steps=steps, warmup=warmup),
@@ -370,14 +391,18 @@ def format_report(res: dict[str, Any]) -> str:
         f"device {res['device_name']}, {res['size'][0]}x{res['size'][1]}, batch {res['batch']}"
     ]
     lines.append(f"{'full step':<30}{'samples/s':>10}{'ms/step':>9}{'peak MB':>9}{'GPU %':>7}")
+    ok = [s for s in res["steps"] if "error" not in s]
     for s in res["steps"]:
+        if "error" in s:
+            lines.append(f"{s['variant']:<30}failed: {s['error']}")
+            continue
         util = "-" if s["gpu_util_percent"] is None else f"{s['gpu_util_percent']:.0f}"
         lines.append(
             f"{s['variant']:<30}{s['samples_per_s']:>10.1f}{s['step_ms']:>9.1f}"
             f"{s['peak_memory_mb']:>9.0f}{util:>7}"
         )
-    lines.append("breakdown (ms, synchronised): " + " | ".join(PHASES))
-    for s in res["steps"]:
+    lines.append("breakdown (ms, synchronised, eager): " + " | ".join(PHASES))
+    for s in ok:
         parts = " | ".join(f"{s['breakdown_ms'][p]:.1f}" for p in PHASES)
         lines.append(f"  {s['variant']:<28}{parts}")
     if "step_speedup" in res:
@@ -394,7 +419,9 @@ def format_report(res: dict[str, Any]) -> str:
             f"data path alone: decode+resize {data['decode']:.1f}, cache {data['cache']:.1f} "
             f"samples/s ({data['speedup']:.1f}x)"
         )
-    if "pack" in res:
+    if "pack" in res and "error" in res["pack"]:
+        lines.append(f"{res['pack']['processes']} packed processes: failed: {res['pack']['error']}")
+    elif "pack" in res:
         pack = res["pack"]
         each = ", ".join(f"{v:.1f}" for v in pack["samples_per_s_each"])
         lines.append(

@@ -75,7 +75,9 @@ class DataConfig(_Section):
     augment: bool = Field(True, description="colour jitter and horizontal flip, p = 0.5 each")
     num_workers: int | Literal["auto"] = "auto"
     cache: bool = Field(True, description="memory-mapped cache of decoded, resized frames")
-    cache_dir: str | None = Field(None, description="default: $DEPTHSWEEP_CACHE or ~/.cache")
+    cache_dir: str | None = Field(
+        None, description="default: $DEPTHSWEEP_CACHE or ~/.cache/depthsweep"
+    )
     synthetic: SyntheticConfig = SyntheticConfig()
 
     _mult32_h = field_validator("height")(_check_multiple_of_32)
@@ -194,6 +196,9 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="CUDA only: bf16 autocast + channels_last")
     compile: bool = Field(False, description="torch.compile the networks")
+    cuda_graph: bool = Field(
+        True, description="CUDA + fast path: replay the whole step as one captured CUDA graph"
+    )
     deterministic: bool = Field(False, description="cudnn.deterministic (slower on CUDA)")
     loss_impl: Literal["fast", "reference"] = Field(
         "fast",
@@ -294,6 +299,7 @@ _NON_IDENTITY_KEYS = (
     ("data", "cache_dir"),
     ("train", "device"),
     ("train", "compile"),
+    ("train", "cuda_graph"),
     ("train", "loss_impl"),
     ("train", "log_every"),
     ("eval", "batch_size"),

@@ -23,6 +23,7 @@ import torch
 
 from depthcore import store
 from depthcore.config import Config
+from depthcore.cudagraph import GraphedStep, set_learning_rate
 from depthcore.data import (
     DataPaths,
     build_test_loader,
@@ -93,10 +94,15 @@ class Runtime:
     device: torch.device
     amp: bool  # bf16 autocast + channels_last (CUDA only)
     fast: bool = True  # identity reprojection once per batch, stacked pooling, batched pose net
+    graph: bool = False  # replay the step as a captured CUDA graph (CUDA + fast path)
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        # No weight-cast cache: it is not allowed inside a captured CUDA graph, and each
+        # weight is used once per forward pass anyway.
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False
+        )
 
 
 def batch_to_device(
@@ -167,6 +173,40 @@ def optimiser_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
     optimizer.step()
 
 
+StepFn = Callable[[dict[str, torch.Tensor]], LossTerms]
+
+
+def make_optimizer(rt: Runtime) -> torch.optim.Optimizer:
+    """Adam (PyTorch defaults, as Monodepth2). Fast path: the fused kernel (one pass over all
+    parameters; 3x faster on CPU), or capturable with a device-tensor rate for a graphed step."""
+    params = rt.models.parameters()
+    if rt.graph:
+        lr = torch.tensor(rt.cfg.optim.lr, device=rt.device)
+        return torch.optim.Adam(params, lr=lr, capturable=True)
+    return torch.optim.Adam(params, lr=rt.cfg.optim.lr, fused=rt.fast or None)
+
+
+def make_step(rt: Runtime, optimizer: torch.optim.Optimizer) -> StepFn:
+    """`step(cpu_batch) -> LossTerms`: one optimiser step, eager or as a replayed CUDA graph
+    (captured at the first batch)."""
+
+    def eager(batch: dict[str, torch.Tensor]) -> LossTerms:
+        terms = forward_losses(rt, batch)
+        optimiser_step(optimizer, terms.total)
+        return terms
+
+    if not rt.graph:
+        return lambda batch: eager(batch_to_device(batch, rt.device))
+    graphed: list[GraphedStep] = []
+
+    def replay(batch: dict[str, torch.Tensor]) -> LossTerms:
+        if not graphed:
+            graphed.append(GraphedStep(eager, rt.models, optimizer, batch, rt.device))
+        return graphed[0](batch)
+
+    return replay
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -220,7 +260,8 @@ def save_checkpoint(
 
 def load_checkpoint(run_dir: Path, rt: Runtime, optimizer: torch.optim.Optimizer) -> Progress:
     path = run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
-    state = torch.load(path, map_location=rt.device, weights_only=False)
+    # On the CPU first: RNG states must stay CPU byte tensors; load_state_dict moves the rest.
+    state = torch.load(path, map_location="cpu", weights_only=False)
     if state.get("run_id") != rt.cfg.run_id():
         raise ConfigError(
             f"{path}: checkpoint belongs to run {state.get('run_id')}, not {rt.cfg.run_id()}; "
@@ -228,6 +269,11 @@ def load_checkpoint(run_dir: Path, rt: Runtime, optimizer: torch.optim.Optimizer
         )
     rt.models.load_state_dict(state["models"])
     optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:
+        # A graphed step needs the rate as a device tensor, an eager one as a float; the
+        # checkpoint may come from either kind of run.
+        lr = float(group["lr"])
+        group["lr"] = torch.tensor(lr, device=rt.device) if rt.graph else lr
     _set_rng_state(state["rng"])
     return Progress(**state["progress"])
 
@@ -275,6 +321,7 @@ class _Run:
     run_dir: Path
     rt: Runtime
     optimizer: torch.optim.Optimizer
+    step: StepFn
     paths: DataPaths
     prog: Progress
     report: ReportFn | None
@@ -353,20 +400,30 @@ def _setup(cfg: Config, run_dir: Path, report: ReportFn | None, progress: bool) 
     torch.backends.cudnn.benchmark = not cfg.train.deterministic
     torch.backends.cudnn.deterministic = cfg.train.deterministic
     paths = resolve_data(cfg)
-    amp = cfg.train.amp and device.type == "cuda"
-    models = build_models(cfg.model).to(device)
-    if amp:
-        models = models.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(models.parameters(), lr=cfg.optim.lr)
-    rt = Runtime(cfg=cfg, models=models, device=device, amp=amp, fast=cfg.train.loss_impl == "fast")
+    rt = build_runtime(cfg, device)
+    optimizer = make_optimizer(rt)
     prog = Progress()
     if store.has_checkpoint(run_dir):
         prog = load_checkpoint(run_dir, rt, optimizer)
     store.truncate_metrics(run_dir / store.METRICS_FILE, prog.step)
+    return _Run(
+        cfg, run_dir, rt, optimizer, make_step(rt, optimizer), paths, prog, report, progress
+    )
+
+
+def build_runtime(cfg: Config, device: torch.device) -> Runtime:
+    """Networks on `device` with the precision and implementation switches of `cfg.train`."""
+    fast = cfg.train.loss_impl == "fast"
+    cuda = device.type == "cuda"
+    amp = cfg.train.amp and cuda
+    models = build_models(cfg.model).to(device)
+    if amp:
+        models = models.to(memory_format=torch.channels_last)
     if cfg.train.compile:
         for module in (models.encoder, models.depth, models.pose_encoder, models.pose):
             module.compile()
-    return _Run(cfg, run_dir, rt, optimizer, paths, prog, report, progress)
+    graph = cfg.train.cuda_graph and cuda and fast and not cfg.train.compile
+    return Runtime(cfg=cfg, models=models, device=device, amp=amp, fast=fast, graph=graph)
 
 
 def _run(run: _Run) -> dict[str, Any]:
@@ -404,11 +461,8 @@ def _train_epoch(run: _Run, loader: Any, steps: int) -> dict[str, Any]:
     start = time.perf_counter()
     for batch in _batches(loader, prog.epoch, steps):
         lr = learning_rate(cfg, prog.step, prog.epoch)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        terms = forward_losses(rt, batch_to_device(batch, rt.device))
-        optimiser_step(run.optimizer, terms.total)
-        log.add(prog.step, terms)
+        set_learning_rate(run.optimizer, lr)
+        log.add(prog.step, run.step(batch))
         prog.step += 1
         if prog.step % cfg.train.log_every == 0 or prog.step == 1:
             losses.extend(_log_train(run, log, lr, start, bar))

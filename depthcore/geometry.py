@@ -90,8 +90,9 @@ def project(points: Tensor, K: Tensor, T: Tensor, height: int, width: int) -> Te
     cam = proj @ points
     xy = cam[..., :2, :] / (cam[..., 2:3, :] + _PROJ_EPS)
     xy = xy.reshape(-1, 2, height, width).permute(0, 2, 3, 1)
-    scale = xy.new_tensor([width - 1, height - 1])
-    return (xy / scale - 0.5) * 2
+    # Python-scalar division (no host-to-device copy, so the step can be a CUDA graph).
+    xy = torch.stack([xy[..., 0] / (width - 1), xy[..., 1] / (height - 1)], dim=-1)
+    return (xy - 0.5) * 2
 
 
 def warp_many(sources: Tensor, depth: Tensor, K: Tensor, inv_K: Tensor, T: Tensor) -> Tensor:
@@ -156,7 +157,9 @@ def transformation_from_parameters(
             rot = rot.transpose(1, 2)
             t = -(rot @ t)
         top = torch.cat([rot, t], dim=2)
-        bottom = top.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(b, 1, 4)
+        # Built on the device (no host copy), so the step can be captured as a CUDA graph.
+        bottom = torch.zeros_like(top[:, :1, :])
+        bottom[..., 3] = 1.0
         return torch.cat([top, bottom], dim=1)
 
 

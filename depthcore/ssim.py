@@ -2,18 +2,21 @@
 
 Statistics are box-filter means over a `window`×`window` neighbourhood with reflection padding
 (torch ReflectionPad2d, i.e. scipy `mode='mirror'`), so every map has the input's shape. All
-five statistics come from one `avg_pool2d` call over a channel-stacked tensor, and everything is
-computed in float32 (float64 stays float64) with autocast disabled: under bf16 autocast the
-E[x²] − E[x]² cancellation would destroy the variances.
+five statistics come from one box-filter pass over a channel-stacked tensor (`box_filter`), and
+everything is computed in float32 (float64 stays float64) with autocast disabled: under bf16
+autocast the E[x²] − E[x]² cancellation would destroy the variances. `stacked=False` is
+Monodepth2's way (one avg_pool2d per statistic), kept as the benchmark's reference.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["local_statistics", "ssim_components", "ssim_map"]
+__all__ = ["box_filter", "local_statistics", "ssim_components", "ssim_map"]
 
 # sqrt(var + eps) keeps the gradient finite on flat windows, where d sqrt(v)/dv is infinite.
 SIGMA_EPS = 1e-8
@@ -38,14 +41,25 @@ def local_statistics(
     """
     x, y = _upcast(x), _upcast(y)
     pad = window // 2
+    if not stacked:  # Monodepth2's SSIM module: pad x and y, then one pooling call each
+        xp, yp = F.pad(x, [pad] * 4, mode="reflect"), F.pad(y, [pad] * 4, mode="reflect")
+        padded = (xp, yp, xp * xp, yp * yp, xp * yp)
+        return tuple(F.avg_pool2d(t, window, stride=1) for t in padded)  # type: ignore[return-value]
     terms = (x, y, x * x, y * y, x * y)
-    if not stacked:
-        return tuple(  # type: ignore[return-value]
-            F.avg_pool2d(F.pad(t, [pad] * 4, mode="reflect"), window, stride=1) for t in terms
-        )
-    pooled = F.avg_pool2d(F.pad(torch.cat(terms, dim=1), [pad] * 4, mode="reflect"), window, 1)
-    mu_x, mu_y, e_xx, e_yy, e_xy = pooled.chunk(5, dim=1)
-    return mu_x, mu_y, e_xx, e_yy, e_xy
+    if x.requires_grad == y.requires_grad:
+        pooled = box_filter(F.pad(torch.cat(terms, dim=1), [pad] * 4, mode="reflect"), window)
+        mu_x, mu_y, e_xx, e_yy, e_xy = pooled.chunk(5, dim=1)
+        return mu_x, mu_y, e_xx, e_yy, e_xy
+    # One image is a constant (the loss's target): pool its statistics in a pass of their own,
+    # so the backward pass filters 3 of the 5 statistics instead of all of them.
+    a, b = (x, y) if x.requires_grad else (y, x)
+    varying = box_filter(F.pad(torch.cat([a, a * a, x * y], 1), [pad] * 4, mode="reflect"), window)
+    fixed = box_filter(F.pad(torch.cat([b, b * b], 1), [pad] * 4, mode="reflect"), window)
+    mu_a, e_aa, e_xy = varying.chunk(3, dim=1)
+    mu_b, e_bb = fixed.chunk(2, dim=1)
+    if x.requires_grad:
+        return mu_a, mu_b, e_aa, e_bb, e_xy
+    return mu_b, mu_a, e_bb, e_aa, e_xy
 
 
 def ssim_map(
@@ -111,3 +125,46 @@ def ssim_components(
         con = (2 * sigma_x * sigma_y + c2) / (var_x + var_y + c2)
         struct = (cov + c3) / (sigma_x * sigma_y + c3)
         return lum.clamp(0, 1), con.clamp(0, 1), struct.clamp(-1, 1)
+
+
+def box_filter(x: Tensor, window: int) -> Tensor:
+    """Mean over `window`×`window` neighbourhoods without padding: `avg_pool2d(x, window, 1)`.
+
+    On CPU it is computed separably as sums of shifted slices, with a hand-written backward
+    (the adjoint box sum over the zero-padded gradient): the same values up to float rounding,
+    and about three times as fast as avg_pool2d's direct loops, forward plus backward. On a GPU
+    avg_pool2d's single pass moves less memory, so it is used there.
+
+    Args:
+        x: (N, C, H + window - 1, W + window - 1), already padded.
+    Returns:
+        (N, C, H, W).
+    """
+    if x.device.type != "cpu":
+        return F.avg_pool2d(x, window, stride=1)
+    return _BoxSum.apply(x, window) * (1.0 / (window * window))
+
+
+def _box_sum(x: Tensor, window: int) -> Tensor:
+    h, w = x.shape[-2] - window + 1, x.shape[-1] - window + 1
+    rows = x[..., :, 0:w].clone()
+    for i in range(1, window):
+        rows += x[..., :, i : i + w]
+    out = rows[..., 0:h, :].clone()
+    for i in range(1, window):
+        out += rows[..., i : i + h, :]
+    return out
+
+
+class _BoxSum(torch.autograd.Function):
+    """Valid-mode window sum; its adjoint is the full-mode window sum of the gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, window: int) -> Tensor:
+        ctx.window = window
+        return _box_sum(x, window)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        k = ctx.window
+        return _box_sum(F.pad(grad, [k - 1] * 4), k), None

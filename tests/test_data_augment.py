@@ -9,7 +9,7 @@ import torchvision.transforms.v2.functional as TF
 
 from depthcore.config import load_config
 from depthcore.data import build_train_loader, resolve_data
-from depthcore.data.augment import apply_jitter, draw_augment
+from depthcore.data.augment import apply_jitter, apply_jitter_masked, draw_augment
 from depthcore.data.kitti import MONODEPTH2_K, scaled_intrinsics
 
 TV_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
@@ -44,6 +44,21 @@ def test_apply_jitter_matches_torchvision() -> None:
                     ref = TV_OPS[op](ref, float(jitter[b, op]))
             assert torch.allclose(out[b, f], ref, atol=2e-6), (b, f)
     assert torch.equal(out[2], images[2])  # do_jitter False: untouched
+
+
+def test_sync_free_jitter_equals_the_indexed_one() -> None:
+    images = _images(b=6)
+    gen = torch.Generator().manual_seed(1)
+    jitter = torch.stack(
+        [torch.empty(6).uniform_(0.8, 1.2, generator=gen) for _ in range(3)]
+        + [torch.empty(6).uniform_(-0.1, 0.1, generator=gen)],
+        dim=1,
+    )
+    order = torch.stack([torch.randperm(4, generator=gen) for _ in range(6)])
+    do = torch.tensor([True, False, True, True, False, True])
+    assert torch.equal(
+        apply_jitter_masked(images, jitter, order, do), apply_jitter(images, jitter, order, do)
+    )
 
 
 @pytest.mark.parametrize("op", range(4))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import uniform_filter
 from skimage.metrics import structural_similarity
 
-from depthcore.ssim import ssim_components, ssim_map
+from depthcore.ssim import box_filter, local_statistics, ssim_components, ssim_map
 
 C1, C2 = 1e-4, 9e-4
 
@@ -181,3 +182,30 @@ def test_channels_last_input() -> None:
     torch.testing.assert_close(ssim_map(xc, yc), ssim_map(x, y))
     for a, b in zip(ssim_components(xc, yc), ssim_components(x, y), strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("window", [3, 5])
+def test_box_filter_equals_avg_pool_with_gradients(window: int) -> None:
+    x = torch.rand(2, 3, 9 + window - 1, 11 + window - 1, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(box_filter(x, window), F.avg_pool2d(x, window, stride=1))
+    assert torch.autograd.gradcheck(lambda t: box_filter(t, window), (x,))
+
+
+def test_reference_pooling_and_gradient_split_give_the_same_statistics() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 10, 12, generator=gen, dtype=torch.float64)
+    y = torch.rand(2, 3, 10, 12, generator=gen, dtype=torch.float64)
+    joint = local_statistics(x, y)
+    for stats in (
+        local_statistics(x, y, stacked=False),
+        local_statistics(x.requires_grad_(), y),  # y constant: pooled in a pass of its own
+        local_statistics(x.detach(), y.requires_grad_()),
+    ):
+        for a, b in zip(stats, joint, strict=True):
+            torch.testing.assert_close(a.detach(), b)
+    pred = torch.rand(2, 3, 10, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for stacked in (True, False):
+        (g,) = torch.autograd.grad(ssim_map(pred, y.detach(), stacked=stacked).sum(), pred)
+        grads.append(g)
+    torch.testing.assert_close(grads[0], grads[1])

@@ -9,6 +9,7 @@ torchvision's ColorJitter semantics (brightness, contrast, saturation in (0.8, 1
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +99,12 @@ def _rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
 _SECTOR_RGB = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])
 
 
+@functools.lru_cache(maxsize=8)
+def _sector_table(device: torch.device) -> torch.Tensor:
+    # Cached per device: a host-to-device copy inside the step would break CUDA-graph capture.
+    return _SECTOR_RGB.to(device)
+
+
 def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     h, s, v = hsv.unbind(dim=-3)
     h6 = h * 6.0
@@ -107,7 +114,7 @@ def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
     t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
     vpqt = torch.stack((v, p, q, t), dim=-3)
-    select = _SECTOR_RGB.to(hsv.device)[:, torch.remainder(sector, 6).long()]  # (3, ..., H, W)
+    select = _sector_table(hsv.device)[:, torch.remainder(sector, 6).long()]  # (3, ..., H, W)
     return vpqt.gather(-3, select.movedim(0, -3))
 
 
@@ -132,8 +139,11 @@ def apply_jitter(
         jitter: (B, 4) brightness, contrast, saturation, hue factors.
         order: (B, 4) int64 permutation of 0..3: the ops in the order they are applied.
         do: (B,) bool: samples without jitter are returned unchanged.
-    Returns a new tensor (the input is not modified).
+    Returns a new tensor (the input is not modified). On a GPU the work is done without host
+    synchronisation (`apply_jitter_masked`), so the step can be captured as a CUDA graph.
     """
+    if images.device.type != "cpu":
+        return apply_jitter_masked(images, jitter, order, do)
     out = images.clone()
     jitter = jitter.to(device=images.device, dtype=images.dtype)
     order = order.to(images.device)
@@ -145,3 +155,28 @@ def apply_jitter(
                 factor = jitter[idx, op].view(-1, *([1] * (images.dim() - 1)))
                 out[idx] = _OPS[op](out[idx], factor)
     return out
+
+
+def apply_jitter_masked(
+    images: torch.Tensor, jitter: torch.Tensor, order: torch.Tensor, do: torch.Tensor
+) -> torch.Tensor:
+    """`apply_jitter` without data-dependent indexing: every op runs on the whole batch.
+
+    Brightness, contrast and saturation with factor 1 are exactly the identity on [0, 1]
+    images, so unselected samples get factor 1; the hue op is selected with `torch.where`.
+    Same result as the indexed version, bit for bit.
+    """
+    shape = (-1, *([1] * (images.dim() - 1)))
+    jitter = jitter.to(device=images.device, dtype=images.dtype)
+    order = order.to(images.device)
+    do = do.to(images.device).bool()
+    out = images
+    for step in range(4):
+        for op in range(4):
+            selected = (do & (order[:, step] == op)).view(shape)
+            if op < 3:
+                factor = torch.where(selected, jitter[:, op].view(shape), 1.0)
+                out = _OPS[op](out, factor)
+            else:
+                out = torch.where(selected, adjust_hue(out, jitter[:, op].view(shape)), out)
+    return out if out is not images else images.clone()

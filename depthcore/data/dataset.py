@@ -308,6 +308,9 @@ def _loader(dataset: Dataset, cfg: Config, batch_size: int, **kwargs: Any) -> Da
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
+        # The loader's own generator: starting worker iterators must not draw from the global
+        # torch RNG, or a resumed run's noise draws would differ from an uninterrupted one's.
+        generator=torch.Generator().manual_seed(cfg.train.seed),
         **kwargs,
     )
 

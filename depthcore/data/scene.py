@@ -145,8 +145,8 @@ def _cells(rng: np.random.Generator, size: int, ph: int, pw: int, stagger: bool)
 
 
 def _facade_windows(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    wall = 0.55 + 0.08 * _noise(rng, n, 1.0) + 0.05 * _noise(rng, n, 0.3)
-    wall -= 0.12 * _grid_lines(n, 4 * k, 1, 0)  # courses every 0.2 m
+    wall = 0.55 + 0.12 * _noise(rng, n, 2.0) + 0.05 * _noise(rng, n, 0.3)
+    wall -= 0.06 * _grid_lines(n, 4 * k, 1, 0)  # courses every 0.2 m
     y, x = np.mgrid[0:n, 0:n] % (64 * k)
     window = (x > 18 * k) & (x < 46 * k) & (y > 15 * k) & (y < 47 * k)
     frame = (x > 16 * k) & (x < 48 * k) & (y > 13 * k) & (y < 49 * k) & ~window
@@ -159,20 +159,20 @@ def _facade_windows(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 def _facade_panels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     panels = 0.5 + 0.15 * _cells(rng, n, 32 * k, 16 * k, False) + 0.07 * _noise(rng, n, 0.8)
     seams = _grid_lines(n, 16 * k, k, 1) | _grid_lines(n, 32 * k, k + 1, 0)
-    return np.where(seams, 0.25, panels) + 0.04 * _noise(rng, n, 0.2)
+    return np.where(seams, 0.35, panels) + 0.1 * _noise(rng, n, 2.0)
 
 
 def _facade_bricks(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     bricks = 0.5 + 0.12 * _cells(rng, n, 4 * k, 8 * k, True) + 0.06 * _noise(rng, n, 0.5)
     rows, cols = np.arange(n)[:, None], np.arange(n)[None, :]
     mortar = _grid_lines(n, 4 * k, 1, 0) | ((cols + (rows // (4 * k) % 2) * 4 * k) % (8 * k) == 0)
-    return np.where(mortar, 0.8, bricks) + 0.05 * _noise(rng, n, 1.2)
+    return np.where(mortar, 0.65, bricks) + 0.1 * _noise(rng, n, 2.0)
 
 
 def _paving(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     joints = _grid_lines(n, 16 * k, k, 0) | _grid_lines(n, 16 * k, k, 1)
-    slabs = 0.62 + 0.08 * _cells(rng, n, 16 * k, 16 * k, False) + 0.05 * _noise(rng, n, 0.5)
-    return np.where(joints, 0.3, slabs)
+    slabs = 0.62 + 0.1 * _cells(rng, n, 16 * k, 16 * k, False) + 0.05 * _noise(rng, n, 0.5)
+    return np.where(joints, 0.45, slabs) + 0.1 * _noise(rng, n, 2.0)
 
 
 def _car_body(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -192,9 +192,9 @@ def _texture_images(rng: np.random.Generator, n: int) -> dict[int, np.ndarray]:
     bark_streaks = 0.08 * np.cos(np.arange(n) / (1.5 * k))[None, :]
     return {
         T_ROAD: 0.45 + 0.08 * _noise(rng, n, 1.0) + 0.06 * _noise(rng, n, 0.3) + patches,
-        T_VERGE: 0.45 + 0.14 * _noise(rng, n, 0.8) + 0.06 * _noise(rng, n, 0.2),
+        T_VERGE: 0.45 + 0.1 * _noise(rng, n, 0.8) + 0.12 * _noise(rng, n, 2.0),
         T_SIDEWALK: _paving(rng, n, k),
-        T_KERB: 0.7 + 0.08 * _noise(rng, n, 0.7) - 0.2 * _grid_lines(n, 32 * k, k + 1, 1),
+        T_KERB: 0.7 + 0.1 * _noise(rng, n, 1.5) - 0.12 * _grid_lines(n, 32 * k, k + 1, 1),
         T_WINDOWS: _facade_windows(rng, n, k),
         T_PANELS: _facade_panels(rng, n, k),
         T_BRICKS: _facade_bricks(rng, n, k),
@@ -359,18 +359,21 @@ def rotation_ypr(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 
 def make_trajectory(rng: np.random.Generator, frames: int) -> Trajectory:
-    """About 1 m per frame along the road, yaw steered back to the lane, small pitch/roll jitter."""
+    """About 1 m per frame along the road, with a car's smooth yaw (a steered yaw rate that
+    keeps it in its lane) and small pitch/roll jitter from the suspension."""
     deg = np.pi / 180
     pos = np.array([rng.uniform(-0.5, 0.5), -CAMERA_HEIGHT, 0.0])
-    yaw = rng.normal(0, 0.5) * deg
+    yaw, yaw_rate = rng.normal(0, 0.5) * deg, 0.0
     phase = rng.uniform(0, 2 * np.pi)
     rotations, centres = [], []
     for i in range(frames):
-        pitch, roll = rng.normal(0, 0.25) * deg, rng.normal(0, 0.15) * deg
-        centre = pos + np.array([0.0, rng.normal(0, 0.01), 0.0])
+        pitch, roll = rng.normal(0, 0.1) * deg, rng.normal(0, 0.05) * deg
+        centre = pos + np.array([0.0, rng.normal(0, 0.005), 0.0])
         rotations.append(rotation_ypr(yaw, pitch, roll))
         centres.append(centre)
-        speed = 1.0 + 0.15 * np.sin(phase + 0.15 * i) + rng.normal(0, 0.03)
+        speed = 1.0 + 0.15 * np.sin(phase + 0.15 * i) + rng.normal(0, 0.02)
         pos = pos + speed * np.array([np.sin(yaw), 0.0, np.cos(yaw)])
-        yaw = 0.9 * yaw + rng.normal(0, 0.35) * deg - 0.4 * deg * pos[0]
+        steer = -0.02 * deg * pos[0] - 0.1 * yaw  # back towards the lane centre, heading 0
+        yaw_rate = 0.8 * yaw_rate + steer + rng.normal(0, 0.05) * deg
+        yaw += yaw_rate
     return Trajectory(rotation=np.array(rotations), centre=np.array(centres))

@@ -42,7 +42,7 @@ from depthcore.data.kitti import write_split
 from depthcore.errors import DataError
 from depthcore.store import write_json_atomic
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DATE = "2000_01_01"
 FIRST_DRIVE = 9001
 STEREO_BASELINE = 0.54
