@@ -12,12 +12,21 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from depthcore.errors import ConfigError
 
@@ -38,6 +47,10 @@ __all__ = [
 ]
 
 PhotometricKind = Literal["standard", "ssim_m", "ssim_a", "l1"]
+# YAML gives lists; strict mode would refuse them for a tuple field.
+IntTuple = Annotated[
+    tuple[int, ...], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
+]
 
 
 class _Section(BaseModel):
@@ -71,7 +84,7 @@ class DataConfig(_Section):
     width: int = Field(640, ge=32)
     img_ext: Literal["auto", ".png", ".jpg"] = "auto"
     intrinsics: Literal["monodepth2", "calib"] = "monodepth2"
-    frame_ids: tuple[int, ...] = (0, -1, 1)
+    frame_ids: IntTuple = (0, -1, 1)
     augment: bool = Field(True, description="colour jitter and horizontal flip, p = 0.5 each")
     num_workers: int | Literal["auto"] = "auto"
     cache: bool = Field(True, description="memory-mapped cache of decoded, resized frames")
@@ -82,11 +95,6 @@ class DataConfig(_Section):
 
     _mult32_h = field_validator("height")(_check_multiple_of_32)
     _mult32_w = field_validator("width")(_check_multiple_of_32)
-
-    @field_validator("frame_ids", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: Any) -> Any:
-        return tuple(value) if isinstance(value, list) else value
 
     @field_validator("frame_ids")
     @classmethod
@@ -110,15 +118,10 @@ class ModelConfig(_Section):
 
     encoder: Literal["resnet18", "resnet50"] = "resnet18"
     pretrained: bool = Field(True, description="ImageNet weights (downloaded by torchvision)")
-    scales: tuple[int, ...] = (0, 1, 2, 3)
+    scales: IntTuple = (0, 1, 2, 3)
     upsample: Literal["nearest", "subpixel", "bilinear"] = "nearest"
     min_depth: float = Field(0.1, gt=0)
     max_depth: float = Field(100.0, gt=0)
-
-    @field_validator("scales", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: Any) -> Any:
-        return tuple(value) if isinstance(value, list) else value
 
     @field_validator("scales")
     @classmethod
@@ -215,7 +218,7 @@ class EvalConfig(_Section):
         None, description="folder with test_files.txt (and gt_depths.npz)"
     )
     gt_path: str | None = Field(None, description="gt_depths.npz; default: found beside the split")
-    scales: tuple[int, ...] = Field((0,), description="decoder scales to evaluate (Table 4)")
+    scales: IntTuple = Field((0,), description="decoder scales to evaluate (Table 4)")
     batch_size: int = Field(16, ge=1)
     min_depth: float = Field(1e-3, gt=0)
     max_depth: float = Field(80.0, gt=0)
@@ -225,11 +228,6 @@ class EvalConfig(_Section):
     every_epoch: bool = Field(True, description="evaluate after every epoch (learning curves)")
     max_images: int | None = Field(None, ge=1, description="evaluate only the first N images")
     save_predictions: int = Field(4, ge=0, description="test disparities kept for figures")
-
-    @field_validator("scales", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: Any) -> Any:
-        return tuple(value) if isinstance(value, list) else value
 
     @field_validator("scales")
     @classmethod
@@ -323,6 +321,32 @@ _PATH_KEYS = (
 # Loading, overrides and error messages
 
 
+class YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float (YAML 1.2), as researchers write learning rates.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (`1.0e-4`) and `1e-4` is a string.
+    """
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with `YamlLoader` (safe; `1e-4` is a float)."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse `dotted.key=value`; the value is read as YAML (`0.5`, `true`, `[0, 1]`, `null`)."""
     key, sep, raw = text.partition("=")
@@ -330,7 +354,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: expected dotted.key=value, e.g. loss.w_c=0.5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from exc
     return key, value
@@ -448,7 +472,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

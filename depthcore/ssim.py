@@ -82,11 +82,10 @@ def ssim_map(
     """
     with torch.autocast(x.device.type, enabled=False):
         mu_x, mu_y, e_xx, e_yy, e_xy = local_statistics(x, y, window, stacked=stacked)
-        sigma_x = e_xx - mu_x * mu_x
-        sigma_y = e_yy - mu_y * mu_y
-        sigma_xy = e_xy - mu_x * mu_y
-        num = (2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)
-        den = (mu_x * mu_x + mu_y * mu_y + c1) * (sigma_x + sigma_y + c2)
+        # Each product once: these are full-size maps, and every op costs memory bandwidth.
+        mxx, myy, mxy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+        num = (2 * mxy + c1) * (2 * (e_xy - mxy) + c2)
+        den = (mxx + myy + c1) * ((e_xx - mxx) + (e_yy - myy) + c2)
         return num / den
 
 
@@ -117,13 +116,13 @@ def ssim_components(
     with torch.autocast(x.device.type, enabled=False):
         mu_x, mu_y, e_xx, e_yy, e_xy = local_statistics(x, y, window, stacked=stacked)
         # float32 cancellation makes near-flat variances slightly negative: clamp before sqrt.
-        var_x = (e_xx - mu_x * mu_x).clamp(min=0) + eps
-        var_y = (e_yy - mu_y * mu_y).clamp(min=0) + eps
-        cov = e_xy - mu_x * mu_y
-        sigma_x, sigma_y = var_x.sqrt(), var_y.sqrt()
-        lum = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-        con = (2 * sigma_x * sigma_y + c2) / (var_x + var_y + c2)
-        struct = (cov + c3) / (sigma_x * sigma_y + c3)
+        mxx, myy, mxy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+        var_x = (e_xx - mxx).clamp(min=0) + eps
+        var_y = (e_yy - myy).clamp(min=0) + eps
+        sigma_xy = (var_x * var_y).sqrt()  # sigma_x * sigma_y in one root
+        lum = (2 * mxy + c1) / (mxx + myy + c1)
+        con = (2 * sigma_xy + c2) / (var_x + var_y + c2)
+        struct = (e_xy - mxy + c3) / (sigma_xy + c3)
         return lum.clamp(0, 1), con.clamp(0, 1), struct.clamp(-1, 1)
 
 

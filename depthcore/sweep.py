@@ -32,12 +32,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from depthcore.config import (
     Config,
+    YamlLoader,
     apply_overrides,
     config_from_dict,
     deep_merge,
     parse_override,
     read_yaml,
     set_dotted,
+    yaml_load,
 )
 from depthcore.errors import ConfigError
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
@@ -243,7 +245,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
         raise ConfigError(f"{path}: no such sweep file")
     text = path.read_text()
     try:
-        tree = yaml.safe_load(text) or {}
+        tree = yaml_load(text) or {}
         lines = _key_lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -671,7 +673,7 @@ def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
                 lines[(*path, i)] = value.start_mark.line + 1
                 walk(value, (*path, i))
 
-    root = yaml.compose(text)
+    root = yaml.compose(text, Loader=YamlLoader)
     if root is not None:
         walk(root, ())
     return lines

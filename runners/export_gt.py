@@ -11,8 +11,9 @@ A split file that does not exist is looked up among the bundled splits (e.g. eig
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from depthcore.cli import run_main
 
 
 def main() -> int:
@@ -30,21 +31,16 @@ def main() -> int:
 
     from depthcore.data.gt import export_gt
     from depthcore.data.kitti import BUNDLED_SPLITS
-    from depthcore.errors import DepthcoreError
 
     split = Path(args.split_file)
     if not split.is_file() and (BUNDLED_SPLITS / split).is_file():
         split = BUNDLED_SPLITS / split
-    try:
-        n = export_gt(
-            args.data_root, split, args.out, source=args.source, vel_depth=not args.camera_depth
-        )
-    except DepthcoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    n = export_gt(
+        args.data_root, split, args.out, source=args.source, vel_depth=not args.camera_depth
+    )
     print(f"wrote {n} depth maps ({args.source}) for {split} to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from depthcore.cli import run_main
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -32,28 +33,26 @@ def main() -> int:
     parser.add_argument("--workers", type=int, help="render processes (default: by data size)")
     args = parser.parse_args()
 
-    from depthcore.config import SyntheticConfig
+    from depthcore.config import config_from_dict
     from depthcore.data.synthetic import ensure_synthetic, read_marker
-    from depthcore.errors import DepthcoreError
 
-    try:
-        syn = SyntheticConfig(
-            drives=args.drives,
-            frames=args.frames,
-            native_width=args.size[0],
-            native_height=args.size[1],
-            seed=args.seed,
-        )
-        root = ensure_synthetic(args.out, syn, stereo=args.stereo, workers=args.workers)
-    except DepthcoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except ValueError as exc:  # pydantic: a value out of range
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    syn = config_from_dict(
+        {
+            "data": {
+                "synthetic": {
+                    "drives": args.drives,
+                    "frames": args.frames,
+                    "native_width": args.size[0],
+                    "native_height": args.size[1],
+                    "seed": args.seed,
+                }
+            }
+        }
+    ).data.synthetic  # validated like any config: errors name data.synthetic.<key>
+    root = ensure_synthetic(args.out, syn, stereo=args.stereo, workers=args.workers)
     print(json.dumps({"root": str(root), **(read_marker(root) or {})}, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -7,9 +7,8 @@ python runners/report.py --import FILE.csv [--out DIR] [--dataset kitti|syntheti
 from __future__ import annotations
 
 import argparse
-import sys
 
-from depthcore.errors import DepthcoreError
+from depthcore.cli import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,19 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     from depthcore.report import build_report, import_csv
 
     formats, figs = args.format.split(","), not args.no_figures
-    try:
-        if args.csv:
-            out = import_csv(
-                args.csv, args.out, dataset=args.dataset, formats=formats, figures=figs
-            )
-        else:
-            out = build_report(args.results, args.sweep, args.out, formats, figures=figs)
-    except DepthcoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    if args.csv:
+        out = import_csv(args.csv, args.out, dataset=args.dataset, formats=formats, figures=figs)
+    else:
+        out = build_report(args.results, args.sweep, args.out, formats, figures=figs)
     print(f"report: {out / 'index.html'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

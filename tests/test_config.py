@@ -135,3 +135,12 @@ def test_explicit_bundled_kitti_splits_are_the_same_run() -> None:
     assert implicit.run_id() == explicit.run_id()
     other = load_config(None, ["data.dataset=kitti", "data.split_dir=splits/eigen_full"])
     assert other.run_id() != implicit.run_id()
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path) -> None:
+    # PyYAML (YAML 1.1) would read 1e-4 as a string; researchers write learning rates this way.
+    assert load_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    path = tmp_path / "cfg.yaml"
+    path.write_text("optim:\n  lr: 3e-4\nloss:\n  smoothness: 1E-3\n")
+    cfg = load_config(path)
+    assert (cfg.optim.lr, cfg.loss.smoothness) == (3e-4, 1e-3)

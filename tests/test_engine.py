@@ -151,3 +151,47 @@ def test_train_runner_rejects_bad_config_with_exit_code_2(tmp_path) -> None:
     assert proc.returncode == 2
     assert "loss.w_c: must be >= 0, got -0.1" in proc.stderr
     assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_short_cpu_training_learns_depth_on_synthetic_drives(tiny_overrides, tmp_path) -> None:
+    """About a minute of training: the photometric loss falls and depth beats the untrained net.
+
+    min_depth 0.01: the networks start at a depth scale near 1/100 of metric (pose outputs are
+    x0.01), so Monodepth2's 0.1 would clamp everything nearer than ~10 m in so short a run.
+    """
+    from depthcore.data import build_test_loader, load_gt_depths, resolve_data
+    from depthcore.evaluate import evaluate_predictions, predict
+
+    overrides = [o for o in tiny_overrides if not o.startswith(("train.", "eval.max", "optim.b"))]
+    cfg = load_config(
+        None,
+        [
+            *overrides,
+            "data.synthetic.frames=60",
+            "model.min_depth=0.01",
+            "optim.batch_size=4",
+            "optim.lr=2e-4",
+            "train.device=cpu",
+            "train.epochs=5",
+            "train.log_every=5",
+            "eval.max_images=16",
+            "eval.every_epoch=false",
+        ],
+    )
+    paths = resolve_data(cfg)
+    engine.seed_everything(cfg.train.seed)  # the same initial networks as the run below
+    untrained = engine.build_runtime(cfg, torch.device("cpu")).models
+    preds = predict(untrained, build_test_loader(cfg, paths), model_cfg=cfg.model, scales=(0,),
+                    device=torch.device("cpu"))  # fmt: skip
+    before = evaluate_predictions(preds, load_gt_depths(paths.gt_path), cfg.eval)
+    before = before.metrics_by_scale[0]
+
+    after = engine.train(cfg, tmp_path, progress=False)["metrics"]
+    losses = [
+        r["loss"] for r in store.read_jsonl(tmp_path / store.METRICS_FILE) if r["type"] == "train"
+    ]
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
+    assert after["abs_rel"] < 0.95 * before["abs_rel"]
+    assert after["rmse_log"] < 0.95 * before["rmse_log"]
+    assert after["a1"] > before["a1"]

@@ -282,10 +282,16 @@ def test_runner_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     from runpy import run_path
 
     runner = run_path(str(Path(__file__).parents[1] / "runners" / "report.py"))
-    assert runner["main"]([str(tmp_path), "--sweep", "nope"]) == 2
+
+    def exit_code(argv: list[str]) -> int:
+        with pytest.raises(SystemExit) as done:
+            runner["run_main"](lambda: runner["main"](argv))
+        return done.value.code
+
+    assert exit_code([str(tmp_path), "--sweep", "nope"]) == 2
     assert "no sweep index" in capsys.readouterr().err
     bad = _csv(tmp_path, "a,b\n1,2\n")
-    assert runner["main"](["--import", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert exit_code(["--import", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "missing metric column" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
         runner["main"]([])
