@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -153,7 +154,17 @@ def test_train_runner_rejects_bad_config_with_exit_code_2(tmp_path) -> None:
     assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
 
 
+@pytest.fixture
+def both_cores():
+    """This test runs alone in its process: let torch use both cores, then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, min(2, os.cpu_count() or 1)))
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("both_cores")
 def test_short_cpu_training_learns_depth_on_synthetic_drives(tiny_overrides, tmp_path) -> None:
     """About a minute of training: the photometric loss falls and depth beats the untrained net.
 
