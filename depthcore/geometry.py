@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from depthcore.tensors import upcast
+
 __all__ = [
     "backproject",
     "disp_to_depth",
@@ -28,10 +30,6 @@ __all__ = [
 
 _PROJ_EPS = 1e-7
 _AXIS_EPS = 1e-7
-
-
-def _upcast(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def disp_to_depth(disp: Tensor, min_depth: float, max_depth: float) -> tuple[Tensor, Tensor]:
@@ -106,11 +104,11 @@ def warp_many(sources: Tensor, depth: Tensor, K: Tensor, inv_K: Tensor, T: Tenso
     """
     n, b, c, h, w = sources.shape
     with torch.autocast(depth.device.type, enabled=False):
-        depth = _upcast(depth)
+        depth = upcast(depth)
         dtype = depth.dtype
         points = backproject(depth, inv_K.to(dtype))
         grid = project(points, K.to(dtype).unsqueeze(0), T.to(dtype), h, w)
-        flat = _upcast(sources).to(dtype).reshape(n * b, c, h, w)
+        flat = upcast(sources).to(dtype).reshape(n * b, c, h, w)
         out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=True)
         return out.reshape(n, b, c, h, w)
 
@@ -151,8 +149,8 @@ def transformation_from_parameters(
     """
     b = axisangle.shape[0]
     with torch.autocast(axisangle.device.type, enabled=False):
-        rot = _rotation_from_axisangle(_upcast(axisangle).reshape(b, 3))
-        t = _upcast(translation).reshape(b, 3, 1).to(rot.dtype)
+        rot = _rotation_from_axisangle(upcast(axisangle).reshape(b, 3))
+        t = upcast(translation).reshape(b, 3, 1).to(rot.dtype)
         if invert:
             rot = rot.transpose(1, 2)
             t = -(rot @ t)

@@ -24,6 +24,7 @@ from depthcore.config import LossConfig
 from depthcore.errors import ConfigError
 from depthcore.geometry import disp_to_depth, warp_many
 from depthcore.ssim import ssim_components, ssim_map
+from depthcore.tensors import upcast
 
 __all__ = [
     "LossTerms",
@@ -38,10 +39,6 @@ __all__ = [
 POW_FLOOR = 1e-6
 # Monodepth2's tie-breaking noise on the identity reprojection errors.
 IDENTITY_NOISE = 1e-5
-
-
-def _upcast(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _power(base: Tensor, exponent: float) -> Tensor:
@@ -93,7 +90,7 @@ def photometric_error(
         (N, 1, H, W) error map, float32 (float64 for float64 inputs).
     """
     with torch.autocast(pred.device.type, enabled=False):
-        pred, target = _upcast(pred), _upcast(target)
+        pred, target = upcast(pred), upcast(target)
         err = _photometric_channels(pred, target, loss, stacked_pool)
         return err.mean(dim=1, keepdim=True)
 
@@ -302,7 +299,7 @@ def compute_losses(
     _check_inputs(disps, images, poses, frame_ids)
     with torch.autocast(images.device.type, enabled=False):
         return _compute_losses(
-            disps, _upcast(images), poses, K, inv_K, frame_ids, loss,
+            disps, upcast(images), poses, K, inv_K, frame_ids, loss,
             (min_depth, max_depth), identity_once, generator,
         )  # fmt: skip
 
@@ -325,7 +322,7 @@ def _compute_losses(
     identity: Tensor | None = None
     per_scale, photo, smooth, masks = {}, [], [], []
     for scale in sorted(disps):
-        disp = _upcast(disps[scale])
+        disp = upcast(disps[scale])
         depth = _full_res_depth(disp, (h, w), *depth_range)
         if identity_once:
             reproj, identity = _scale_photometric_fast(

@@ -16,14 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from depthcore.tensors import upcast
+
 __all__ = ["box_filter", "local_statistics", "ssim_components", "ssim_map"]
 
 # sqrt(var + eps) keeps the gradient finite on flat windows, where d sqrt(v)/dv is infinite.
 SIGMA_EPS = 1e-8
-
-
-def _upcast(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def local_statistics(
@@ -39,7 +37,7 @@ def local_statistics(
     Returns:
         Five (N, C, H, W) tensors in float32 (float64 if the inputs are float64).
     """
-    x, y = _upcast(x), _upcast(y)
+    x, y = upcast(x), upcast(y)
     pad = window // 2
     if not stacked:  # Monodepth2's SSIM module: pad x and y, then one pooling call each
         xp, yp = F.pad(x, [pad] * 4, mode="reflect"), F.pad(y, [pad] * 4, mode="reflect")

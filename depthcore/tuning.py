@@ -396,7 +396,10 @@ def _connect(address: str | None, dashboard: bool) -> Any:
     try:
         if address is not None:
             return ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
+        # "local", not None: None would join whatever /tmp/ray/ray_current_cluster names
+        # (a `ray start` or a test cluster), silently running the sweep elsewhere.
         return ray.init(
+            address="local",
             num_cpus=len(os.sched_getaffinity(0)),
             include_dashboard=dashboard,
             runtime_env=env,

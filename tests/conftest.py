@@ -25,15 +25,6 @@ def realdata() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_splits() -> Path:
-    """../shared/splits (Monodepth2's eigen and eigen_zhou split files)."""
-    path = SHARED / "splits"
-    if not path.is_dir():
-        pytest.skip(f"Monodepth2 split files not available: {path} is absent")
-    return path
-
-
-@pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache folder per test session, so tiny synthetic drives are generated once."""
     return tmp_path_factory.mktemp("depthsweep-cache")

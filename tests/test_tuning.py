@@ -132,6 +132,7 @@ def ray_local():
         os.environ.setdefault(key, value)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     ctx = ray.init(
+        address="local",  # never join a cluster another test or `ray start` left behind
         num_cpus=2,
         include_dashboard=True,
         runtime_env={"env_vars": dict(RAY_ENV)},

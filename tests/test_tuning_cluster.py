@@ -75,3 +75,31 @@ def test_sweep_spreads_trials_over_a_two_node_cluster(
     cluster = two_node_cluster
     assert nodes == {cluster.head_node.node_id, *(n.node_id for n in cluster.worker_nodes)}
     assert not ray.is_initialized()  # run_sweep left the cluster it joined
+
+
+def test_local_sweep_ignores_a_cluster_address_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ray start` and test clusters leave /tmp/ray/ray_current_cluster behind; ray.init()
+    without an address would join (or fail on) it. Without --address a sweep runs locally."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray._private.services, "find_bootstrap_address", lambda _: "127.0.0.1:9")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    sweep = sweep_from_dict(
+        {
+            "name": "local",
+            "base": {"loss": {"photometric": "ssim_a"}, "model": {"pretrained": False}},
+            "grid": {"loss.w_c": [0.4]},
+            "resources": {"cpu": 1},
+        }
+    )
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    (barrier / "other").write_text("one trial is enough")
+
+    def train(cfg: Any, run_dir: Any, **kw: Any) -> dict[str, Any]:
+        return node_train(cfg, run_dir, barrier=str(barrier), **kw)
+
+    outcome = run_sweep(sweep, tmp_path / "results", train_fn=train, dashboard=False)
+    assert outcome.exit_code == 0
+    assert not ray.is_initialized()
