@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python runners/report.py results/ --sweep quickstart
 
 bench: $(STAMP)
-	$(BIN)/python runners/bench.py --device cpu --size 96x320 --batch 4
+	$(BIN)/python runners/bench.py --device cpu --size 96x320 --batch 4 --steps 10 --rounds 3 --compile
 
 clean:
 	rm -rf $(VENV) .pytest_cache

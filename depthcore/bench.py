@@ -6,6 +6,8 @@ same step with a synchronisation between phases. The *reference* path is the str
 Monodepth2 recipe: images decoded and resized for every sample (no frame cache), identity
 reprojection recomputed at every scale, one pooling call per SSIM statistic, one pose-network
 pass per frame pair. The *fast* path switches all of these on; `--ablate` times each alone.
+With several rounds the variants alternate (A B A B ...) and the speed-up is the median of the
+per-round ratios, so a slow spell of a shared machine does not favour one variant.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Variant:
     fast: bool = True
     amp: bool = True  # bf16 autocast + channels_last; CUDA only
     graph: bool = True  # the step as one CUDA graph; CUDA only
-    compile: bool = False
+    compile: str = "none"  # train.compile: none | loss | networks | all
 
 
 REFERENCE = Variant("reference", cache=False, fast=False, amp=False, graph=False)
@@ -66,11 +68,13 @@ FAST = Variant("fast")
 @dataclass
 class StepResult:
     variant: str
-    samples_per_s: float  # median over steps
+    samples_per_s: float  # median over all timed steps of all rounds
     step_ms: float
     breakdown_ms: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0
     gpu_util_percent: float | None = None
+    round_samples_per_s: list[float] = field(default_factory=list)  # one median per round
+    step_times_s: list[float] = field(default_factory=list)
 
 
 def bench_config(
@@ -162,7 +166,9 @@ def _timed_step(
     return time.perf_counter() - start
 
 
-def bench_step(cfg: Config, variant: Variant, *, steps: int, warmup: int) -> StepResult:
+def bench_step(
+    cfg: Config, variant: Variant, *, steps: int, warmup: int, breakdown: bool = True
+) -> StepResult:
     """Median samples/s of the full training step, with a per-phase breakdown.
 
     The breakdown runs the same settings eagerly (a graphed step has no phases to time).
@@ -175,32 +181,86 @@ def bench_step(cfg: Config, variant: Variant, *, steps: int, warmup: int) -> Ste
     batches = _endless(build_train_loader(cfg, resolve_data(cfg)))
     for _ in range(warmup):
         _timed_step(step, rt.device, batches)
-    with _GpuSampler(rt.device) as util:
+    with _Sampler(rt.device) as sampler:
         times = [_timed_step(step, rt.device, batches) for _ in range(steps)]
-    peak = _peak_memory_mb(rt.device)
-    eager_rt = replace(rt, graph=False)
-    eager_opt = torch.optim.Adam(rt.models.parameters(), lr=cfg.optim.lr)
-    phases = [_timed_phases(eager_rt, eager_opt, batches) for _ in range(max(3, steps // 2))]
+    peak = _peak_memory_mb(rt.device, sampler.rss_mb)
+    phases: list[dict[str, float]] = []
+    if breakdown:
+        eager_rt = replace(rt, graph=False)
+        eager_opt = torch.optim.Adam(rt.models.parameters(), lr=cfg.optim.lr)
+        phases = [_timed_phases(eager_rt, eager_opt, batches) for _ in range(max(3, steps // 2))]
     step_s = statistics.median(times)
     return StepResult(
         variant=variant.name,
         samples_per_s=cfg.optim.batch_size / step_s,
         step_ms=1e3 * step_s,
-        breakdown_ms={p: 1e3 * statistics.median(ph[p] for ph in phases) for p in PHASES},
+        breakdown_ms={p: 1e3 * statistics.median(ph[p] for ph in phases) for p in PHASES}
+        if phases
+        else {},
         peak_memory_mb=peak,
-        gpu_util_percent=util.mean,
+        gpu_util_percent=sampler.util,
+        round_samples_per_s=[cfg.optim.batch_size / step_s],
+        step_times_s=times,
     )
 
 
-def _guarded_step(cfg: Config, variant: Variant, *, steps: int, warmup: int) -> dict[str, Any]:
+def bench_rounds(
+    cfg: Config, variants: Sequence[Variant], *, steps: int, warmup: int, rounds: int
+) -> list[dict[str, Any]]:
+    """Each variant `rounds` times, alternating (A B A B ...), so that a slow spell of a shared
+    machine hits every variant alike. Samples/s is the median over all timed steps; the
+    breakdown comes from the first round; peak memory is the largest of the rounds."""
+    per_variant: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+    for r in range(rounds):
+        for v in variants:
+            per_variant[v.name].append(_guarded_step(cfg, v, steps, warmup, breakdown=r == 0))
+    return [_merge_rounds(per_variant[v.name], cfg.optim.batch_size) for v in variants]
+
+
+def _merge_rounds(results: list[dict[str, Any]], batch: int) -> dict[str, Any]:
+    failed = [r for r in results if "error" in r]
+    if failed:
+        return failed[0]
+    merged = dict(results[0])
+    times = [t for r in results for t in r["step_times_s"]]
+    step_s = statistics.median(times)
+    utils = [r["gpu_util_percent"] for r in results if r["gpu_util_percent"] is not None]
+    merged.update(
+        samples_per_s=batch / step_s,
+        step_ms=1e3 * step_s,
+        peak_memory_mb=max(r["peak_memory_mb"] for r in results),
+        gpu_util_percent=statistics.fmean(utils) if utils else None,
+        round_samples_per_s=[r["samples_per_s"] for r in results],
+    )
+    del merged["step_times_s"]
+    return merged
+
+
+def speedup(reference: dict[str, Any], fast: dict[str, Any]) -> dict[str, float] | None:
+    """fast / reference samples/s: the median of the per-round ratios, and their range."""
+    if "error" in reference or "error" in fast:
+        return None
+    ratios = [
+        f / r
+        for r, f in zip(reference["round_samples_per_s"], fast["round_samples_per_s"], strict=True)
+    ]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def _guarded_step(
+    cfg: Config, variant: Variant, steps: int, warmup: int, *, breakdown: bool = True
+) -> dict[str, Any]:
     # One failing variant (e.g. out of memory) must not lose the others' numbers.
     try:
-        return asdict(bench_step(cfg, variant, steps=steps, warmup=warmup))
+        res = bench_step(cfg, variant, steps=steps, warmup=warmup, breakdown=breakdown)
+        return asdict(res)
     except Exception as exc:
         return {"variant": variant.name, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def bench_loss(cfg: Config, *, fast: bool, steps: int, warmup: int) -> float:
+def bench_loss(
+    cfg: Config, *, fast: bool, steps: int, warmup: int, compiled: bool = False
+) -> float:
     """Samples/s of the multi-scale photometric loss alone (forward + backward), random inputs."""
     from depthcore.geometry import scale_intrinsics
     from depthcore.losses import compute_losses
@@ -223,7 +283,7 @@ def bench_loss(cfg: Config, *, fast: bool, steps: int, warmup: int) -> float:
         terms = compute_losses(
             disps, images, poses, k, torch.linalg.inv(k),
             frame_ids=cfg.data.frame_ids, loss=cfg.loss, min_depth=cfg.model.min_depth,
-            max_depth=cfg.model.max_depth, identity_once=fast,
+            max_depth=cfg.model.max_depth, identity_once=fast, compiled=compiled,
         )  # fmt: skip
         terms.total.backward()
         _sync(device)
@@ -260,36 +320,58 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _peak_memory_mb(device: torch.device) -> float:
+def _peak_memory_mb(device: torch.device, sampled_rss_mb: float | None) -> float:
+    """CUDA: peak allocated by this variant. CPU: the largest resident set sampled during its
+    timed steps (the process's lifetime maximum would carry over from earlier variants)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    if sampled_rss_mb is not None:
+        return sampled_rss_mb
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-class _GpuSampler:
-    """Mean GPU utilisation (%) over a block, sampled with NVML (or nvidia-smi) every 100 ms."""
+def _rss_mb() -> float:
+    """Current resident set size of this process (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _Sampler:
+    """Every 100 ms during a block: GPU utilisation (%, NVML or nvidia-smi) on CUDA, the
+    resident set size on CPU. `util` is the mean utilisation, `rss_mb` the largest RSS."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.samples, self.mean = device, [], None
+        self.util: float | None = None
+        self.rss_mb: float | None = None
+        self._utils: list[float] = []
+        self._rss: list[float] = []
         self._stop = threading.Event()
         self._read = _nvml_reader(device) if device.type == "cuda" else None
+        self._rss_ok = device.type == "cpu" and os.path.exists("/proc/self/statm")
         self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        if self._read is not None:
+            with contextlib.suppress(Exception):
+                self._utils.append(self._read())
+        if self._rss_ok:
+            self._rss.append(_rss_mb())
 
     def _loop(self) -> None:
         while not self._stop.wait(0.1):
-            with contextlib.suppress(Exception):
-                self.samples.append(self._read())
+            self._sample()
 
-    def __enter__(self) -> _GpuSampler:
-        if self._read is not None:
-            self._thread.start()
+    def __enter__(self) -> _Sampler:
+        self._sample()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._read is not None:
-            self._thread.join()
-            self.mean = statistics.fmean(self.samples) if self.samples else None
+        self._thread.join()
+        self._sample()
+        self.util = statistics.fmean(self._utils) if self._utils else None
+        self.rss_mb = max(self._rss) if self._rss else None
 
 
 def _nvml_reader(device: torch.device) -> Callable[[], float] | None:
@@ -341,7 +423,9 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
     """Everything runners/bench.py prints, as one dict."""
     h, w = parse_size(options["size"])
     cfg = bench_config(options["device"], h, w, options["batch"], options.get("overrides", ()))
-    steps, warmup = options["steps"], options["warmup"]
+    steps, warmup, rounds = options["steps"], options["warmup"], options.get("rounds", 1)
+    if rounds < 1 or steps < 1:
+        raise ConfigError(f"--rounds and --steps must be >= 1, got {rounds} and {steps}")
     variants = [FAST] if options.get("only_step") else [REFERENCE, FAST]
     if options.get("ablate"):
         variants += [
@@ -351,24 +435,29 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
         if options["device"] == "cuda":
             variants += [Variant("fast-no-graph", graph=False), Variant("fast-fp32", amp=False)]
     if options.get("compile"):
-        variants.append(Variant("fast+compile", compile=True))
+        variants.append(Variant(f"fast+compile={options['compile']}", compile=options["compile"]))
     out: dict[str, Any] = {
         "device": options["device"],
         "device_name": _device_name(cfg),
         "size": [h, w],
         "batch": cfg.optim.batch_size,
         "loss": cfg.loss.photometric,
-        "steps": [_guarded_step(cfg, v, steps=steps, warmup=warmup) for v in variants],
+        "rounds": rounds,
+        "steps": bench_rounds(cfg, variants, steps=steps, warmup=warmup, rounds=rounds),
     }
     if options.get("only_step"):
         return out
-    ref, fast = (out["steps"][i].get("samples_per_s") for i in (0, 1))
-    if ref and fast:
-        out["step_speedup"] = fast / ref
+    ref = out["steps"][0]
+    out["step_speedup"] = speedup(ref, out["steps"][1])
+    out["speedups"] = {s["variant"]: speedup(ref, s) for s in out["steps"][1:]}
     out["loss_samples_per_s"] = {
         "reference": bench_loss(cfg, fast=False, steps=steps, warmup=warmup),
         "fast": bench_loss(cfg, fast=True, steps=steps, warmup=warmup),
     }
+    if options.get("compile") in ("loss", "all"):
+        out["loss_samples_per_s"]["fast+compiled"] = bench_loss(
+            cfg, fast=True, steps=steps, warmup=warmup, compiled=True
+        )
     data_batches = options.get("data_batches", 20)
     cached = bench_data(cfg, cache=True, batches=data_batches)
     decoded = bench_data(cfg, cache=False, batches=data_batches)
@@ -401,18 +490,35 @@ def format_report(res: dict[str, Any]) -> str:
             f"{s['variant']:<30}{s['samples_per_s']:>10.1f}{s['step_ms']:>9.1f}"
             f"{s['peak_memory_mb']:>9.0f}{util:>7}"
         )
+    if res.get("rounds", 1) > 1:
+        lines.append(f"per round (samples/s, {res['rounds']} rounds alternating the variants):")
+        for s in ok:
+            lines.append(f"  {s['variant']:<28}" + " ".join(
+                f"{v:.2f}" for v in s["round_samples_per_s"]
+            ))  # fmt: skip
     lines.append("breakdown (ms, synchronised, eager): " + " | ".join(PHASES))
     for s in ok:
         parts = " | ".join(f"{s['breakdown_ms'][p]:.1f}" for p in PHASES)
         lines.append(f"  {s['variant']:<28}{parts}")
-    if "step_speedup" in res:
-        lines.append(f"fast / reference full step: {res['step_speedup']:.2f}x")
+    speedups = res.get("speedups") or {"fast": res.get("step_speedup")}
+    for name, up in speedups.items():
+        if not up:
+            continue
+        line = f"{name} / reference full step: {up['median']:.2f}x"
+        if res.get("rounds", 1) > 1:
+            line += f" (median of {res['rounds']} rounds, range {up['min']:.2f}-{up['max']:.2f})"
+        lines.append(line)
     if "loss_samples_per_s" in res:
         loss = res["loss_samples_per_s"]
         lines.append(
             f"loss alone ({res['loss']}): reference {loss['reference']:.1f}, fast "
             f"{loss['fast']:.1f} samples/s ({loss['fast'] / loss['reference']:.2f}x)"
         )
+        if "fast+compiled" in loss:
+            lines.append(
+                f"loss alone, compiled: {loss['fast+compiled']:.1f} samples/s "
+                f"({loss['fast+compiled'] / loss['reference']:.2f}x)"
+            )
     if "data_samples_per_s" in res:
         data = res["data_samples_per_s"]
         lines.append(
@@ -442,24 +548,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat the step variants, alternating (A B A B)"
+    )
     parser.add_argument("--data-batches", type=int, default=20)
     parser.add_argument("--ablate", action="store_true", help="also time each speed-up alone")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="loss",
+        choices=("loss", "networks", "all"),
+        help="also time the fast path with train.compile=WHAT (default: loss)",
+    )
     parser.add_argument("--pack", type=int, default=1, help="N processes sharing the device")
     parser.add_argument("--only-step", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_set_option(parser)
     args = parser.parse_args(argv)
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    passthrough = [a for a in argv_list if a not in ("--json", "--ablate", "--compile")]
-    passthrough = [a for i, a in enumerate(passthrough) if not _is_pack(passthrough, i)]
-    res = run({**vars(args), "argv": passthrough})
+    res = run({**vars(args), "argv": _step_argv(args)})
     print(json.dumps(res) if args.json else format_report(res))
     return 0
 
 
-def _is_pack(argv: Sequence[str], i: int) -> bool:
-    return argv[i].startswith("--pack") or (i > 0 and argv[i - 1] == "--pack")
+def _step_argv(args: Any) -> list[str]:
+    """The arguments of one packed step benchmark: same device, size, batch, steps, settings."""
+    out = [f"--device={args.device}", f"--size={args.size}", f"--batch={args.batch}"]
+    out += [f"--steps={args.steps}", f"--warmup={args.warmup}", f"--rounds={args.rounds}"]
+    return out + [f"--set={kv}" for kv in args.overrides]
 
 
 if __name__ == "__main__":

@@ -190,6 +190,13 @@ class OptimConfig(_Section):
     lr_gamma: float = Field(0.1, gt=0, le=1)
 
 
+def _compile_choice(value: Any) -> Any:
+    # Older configs wrote `compile: true` for the networks.
+    if isinstance(value, bool):
+        return "networks" if value else "none"
+    return value
+
+
 class TrainConfig(_Section):
     """Schedule length, seed, device and speed switches."""
 
@@ -198,7 +205,13 @@ class TrainConfig(_Section):
     seed: int = Field(1234, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="CUDA only: bf16 autocast + channels_last")
-    compile: bool = Field(False, description="torch.compile the networks")
+    compile: Annotated[
+        Literal["none", "loss", "networks", "all"],
+        BeforeValidator(_compile_choice),
+    ] = Field(
+        "none",
+        description="torch.compile the photometric loss, the networks, or both (true = networks)",
+    )
     cuda_graph: bool = Field(
         True, description="CUDA + fast path: replay the whole step as one captured CUDA graph"
     )

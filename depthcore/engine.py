@@ -95,6 +95,7 @@ class Runtime:
     amp: bool  # bf16 autocast + channels_last (CUDA only)
     fast: bool = True  # identity reprojection once per batch, stacked pooling, batched pose net
     graph: bool = False  # replay the step as a captured CUDA graph (CUDA + fast path)
+    compiled_loss: bool = False  # the photometric error through torch.compile (fast path)
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -156,6 +157,7 @@ def loss_forward(
             min_depth=cfg.model.min_depth,
             max_depth=cfg.model.max_depth,
             identity_once=rt.fast,
+            compiled=rt.compiled_loss and rt.fast,
         )
 
 
@@ -419,11 +421,15 @@ def build_runtime(cfg: Config, device: torch.device) -> Runtime:
     models = build_models(cfg.model).to(device)
     if amp:
         models = models.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
+    if cfg.train.compile in ("networks", "all"):
         for module in (models.encoder, models.depth, models.pose_encoder, models.pose):
             module.compile()
-    graph = cfg.train.cuda_graph and cuda and fast and not cfg.train.compile
-    return Runtime(cfg=cfg, models=models, device=device, amp=amp, fast=fast, graph=graph)
+    compiled_loss = cfg.train.compile in ("loss", "all")
+    graph = cfg.train.cuda_graph and cuda and fast and cfg.train.compile == "none"
+    return Runtime(
+        cfg=cfg, models=models, device=device, amp=amp, fast=fast, graph=graph,
+        compiled_loss=compiled_loss,
+    )  # fmt: skip
 
 
 def _run(run: _Run) -> dict[str, Any]:

@@ -13,7 +13,8 @@ All loss arithmetic runs in float32 (float64 stays float64) with autocast disabl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,14 @@ def photometric_error(
         pred, target = upcast(pred), upcast(target)
         err = _photometric_channels(pred, target, loss, stacked_pool)
         return err.mean(dim=1, keepdim=True)
+
+
+@functools.cache
+def compiled_photometric_error() -> Callable[..., Tensor]:
+    """`photometric_error` through torch.compile: its dozens of per-pixel ops (pooling included)
+    fused into a few loops, forward and backward. On 2 CPU cores the loss runs about 2x as fast
+    after about 30 s of compilation per input shape (cached on disk across processes)."""
+    return torch.compile(photometric_error, dynamic=False)
 
 
 def normalise_disp(disp: Tensor) -> Tensor:
@@ -228,20 +237,27 @@ def _scale_photometric_fast(
     T: Tensor,
     loss: LossConfig,
     identity: Tensor | None,
+    compiled: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """One scale's reprojection errors (B, S, H, W), and the identity ones if not given yet."""
     n, b = sources.shape[:2]
     warped = warp_many(sources, depth, K, inv_K, T)
     preds = [warped]
-    need_identity = loss.automask and identity is None
-    if need_identity:
+    if loss.automask and identity is None:
         preds.append(sources.to(warped.dtype))
-    pred = torch.cat(preds, dim=0).flatten(0, 1)
-    tgt = target.to(warped.dtype).expand(len(preds) * n, *target.shape).flatten(0, 1)
-    err = photometric_error(pred, tgt, loss).reshape(len(preds), n, b, *depth.shape[-2:])
-    reprojection = err[0].transpose(0, 1)
-    if need_identity:
-        identity = err[1].transpose(0, 1)
+    # Eager: one call over every comparison. Compiled: one call per group, so that every call
+    # has the same shape and compiles once.
+    groups = [torch.cat(preds, dim=0)] if not compiled else preds
+    photometric = compiled_photometric_error() if compiled else photometric_error
+    errs = []
+    for pred in groups:
+        tgt = target.to(warped.dtype).expand(pred.shape[0], *target.shape)
+        err = photometric(pred.flatten(0, 1), tgt.flatten(0, 1), loss)
+        errs.append(err.reshape(-1, b, *depth.shape[-2:]).transpose(0, 1))
+    err = torch.cat(errs, dim=1) if len(errs) > 1 else errs[0]
+    reprojection = err[:, :n]
+    if len(preds) > 1:
+        identity = err[:, n:]
     return reprojection, identity
 
 
@@ -278,6 +294,7 @@ def compute_losses(
     max_depth: float,
     identity_once: bool = True,
     generator: torch.Generator | None = None,
+    compiled: bool = False,
 ) -> LossTerms:
     """Monodepth2's full-resolution multiscale loss (min reprojection, auto-mask, smoothness).
 
@@ -293,6 +310,7 @@ def compute_losses(
             calls with separate pooling calls. Same result.
         generator: RNG for the identity tie-breaking noise (same draws on both paths);
             None uses the global RNG of the images' device.
+        compiled: fast path only: the photometric error through `compiled_photometric_error`.
     Returns:
         LossTerms.
     """
@@ -300,7 +318,7 @@ def compute_losses(
     with torch.autocast(images.device.type, enabled=False):
         return _compute_losses(
             disps, upcast(images), poses, K, inv_K, frame_ids, loss,
-            (min_depth, max_depth), identity_once, generator,
+            (min_depth, max_depth), identity_once, generator, compiled,
         )  # fmt: skip
 
 
@@ -315,6 +333,7 @@ def _compute_losses(
     depth_range: tuple[float, float],
     identity_once: bool,
     generator: torch.Generator | None,
+    compiled: bool,
 ) -> LossTerms:
     b, n_frames, _, h, w = images.shape
     target, sources = images[:, 0], images[:, 1:].transpose(0, 1)
@@ -326,7 +345,7 @@ def _compute_losses(
         depth = _full_res_depth(disp, (h, w), *depth_range)
         if identity_once:
             reproj, identity = _scale_photometric_fast(
-                depth, target, sources, K, inv_K, T, loss, identity
+                depth, target, sources, K, inv_K, T, loss, identity, compiled
             )
         else:
             reproj, identity = _scale_photometric_reference(

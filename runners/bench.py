@@ -1,11 +1,13 @@
 """Benchmark the training step, the loss and the data path.
 
   python runners/bench.py [--device cpu|cuda] [--size 192x640] [--batch B] [--steps N] [--json]
-                          [--ablate] [--compile] [--pack N] [--set k=v ...]
+                          [--rounds R] [--ablate] [--compile [loss|networks|all]] [--pack N]
+                          [--set k=v ...]
 
 Prints median samples/s of the full step (reference vs fast path) with a per-phase breakdown
 and peak memory (and GPU utilisation on CUDA), the loss alone, and the data path with and
-without the frame cache. --pack N runs N benchmarks sharing the device and sums them.
+without the frame cache. --rounds R alternates the variants R times and reports the median
+per-round speed-up with its range; --pack N runs N benchmarks sharing the device and sums them.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ def test_defaults_are_the_papers_settings() -> None:
         ("loss.ssim_wieght=0.3", "loss.ssim_wieght: unknown key (did you mean 'ssim_weight'?)"),
         ("train.device=gpu", "train.device: must be one of 'auto', 'cpu' or 'cuda', got 'gpu'"),
         ("loss.ssim_window=4", "loss.ssim_window: must be odd, got 4"),
+        (
+            "train.compile=fast",
+            "train.compile: must be one of 'none', 'loss', 'networks' or 'all', got 'fast'",
+        ),
         ("loss.ssim_weight=1.5", "loss.ssim_weight: must be <= 1, got 1.5"),
         ("loss.w_l=abc", "loss.w_l: input should be a valid number, got 'abc'"),
         ("optim.batch_size=0", "optim.batch_size: must be >= 1, got 0"),
@@ -144,3 +148,16 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path) -> None:
     path.write_text("optim:\n  lr: 3e-4\nloss:\n  smoothness: 1E-3\n")
     cfg = load_config(path)
     assert (cfg.optim.lr, cfg.loss.smoothness) == (3e-4, 1e-3)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", "networks"), ("false", "none"), ("loss", "loss"), ("all", "all")],
+)
+def test_train_compile_choices_and_legacy_booleans(value: str, expected: str) -> None:
+    assert load_config(None, [f"train.compile={value}"]).train.compile == expected
+
+
+def test_compile_and_speed_switches_do_not_change_the_run_id() -> None:
+    base = load_config(None, [])
+    assert load_config(None, ["train.compile=loss"]).run_id() == base.run_id()

@@ -260,12 +260,17 @@ def _random_batch(
 
 
 def _run(
-    batch: dict[str, Any], cfg: LossConfig, identity_once: bool, seed: int = 7
+    batch: dict[str, Any],
+    cfg: LossConfig,
+    identity_once: bool,
+    seed: int = 7,
+    compiled: bool = False,
 ) -> tuple[LossTerms, tuple[torch.Tensor, ...]]:
     terms = compute_losses(
         batch["disps"], batch["images"], batch["poses"], batch["K"], batch["inv_K"],
         frame_ids=FRAMES, loss=cfg, min_depth=0.1, max_depth=100.0,
         identity_once=identity_once, generator=torch.Generator().manual_seed(seed),
+        compiled=compiled,
     )  # fmt: skip
     grads = torch.autograd.grad(terms.total, list(batch["disps"].values()))
     return terms, grads
@@ -290,6 +295,18 @@ def test_fast_path_equals_reference_path(cfg: LossConfig) -> None:
     torch.testing.assert_close(fast.automask, ref.automask)
     for a, b in zip(fast_grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_compiled_photometric_error_gives_the_eager_loss_and_gradients() -> None:
+    """train.compile=loss: torch.compile of the photometric error (about 30 s to compile)."""
+    batch = _random_batch(torch.float32)
+    cfg = LossConfig(photometric="ssim_a", w_c=0.4)
+    eager, eager_grads = _run(batch, cfg, identity_once=True)
+    compiled, compiled_grads = _run(batch, cfg, identity_once=True, compiled=True)
+    torch.testing.assert_close(compiled.total, eager.total, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(compiled.automask, eager.automask)
+    for a, b in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
 def test_total_is_mean_over_scales_of_photometric_plus_weighted_smoothness() -> None:

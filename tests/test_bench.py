@@ -1,0 +1,93 @@
+"""runners/bench.py at a tiny size: every section of the report, alternating rounds, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from depthcore.bench import PHASES, format_report, main, speedup
+from depthcore.cli import run_main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_args(cache: Path) -> list[str]:
+    synthetic = ("frames=12", "native_width=248", "native_height=75")
+    sets = [f"data.synthetic.{kv}" for kv in synthetic] + [f"data.cache_dir={cache}"]
+    args = ["--device", "cpu", "--size", "64x192", "--batch", "2", "--steps", "2"]
+    args += ["--warmup", "1", "--rounds", "2", "--data-batches", "2"]
+    for kv in sets:
+        args += ["--set", kv]
+    return args
+
+
+def test_bench_reports_steps_rounds_loss_and_data(synthetic_cache: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "runners" / "bench.py"),
+            *tiny_args(synthetic_cache),
+            "--pack",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [s["variant"] for s in res["steps"]] == ["reference", "fast"]
+    for step in res["steps"]:
+        assert "error" not in step, step
+        assert len(step["round_samples_per_s"]) == 2
+        assert all(v > 0 for v in step["round_samples_per_s"])
+        assert set(step["breakdown_ms"]) == set(PHASES)
+        assert step["peak_memory_mb"] > 0
+    up = res["step_speedup"]
+    assert res["speedups"] == {"fast": up}
+    assert up["min"] <= up["median"] <= up["max"]
+    assert res["loss_samples_per_s"]["fast"] > 0 and res["loss_samples_per_s"]["reference"] > 0
+    assert res["data_samples_per_s"]["cache"] > 0 and res["data_samples_per_s"]["decode"] > 0
+    pack = res["pack"]
+    assert pack["processes"] == 2 and len(pack["samples_per_s_each"]) == 2, pack
+    assert pack["combined_samples_per_s"] == pytest.approx(sum(pack["samples_per_s_each"]))
+    text = format_report(res)
+    expected = (
+        "full step",
+        "per round (samples/s, 2 rounds",
+        "fast / reference full step:",
+        "loss alone (standard):",
+        "data path alone: decode+resize",
+        "2 packed processes:",
+    )
+    for line in expected:
+        assert line in text, text
+
+
+def test_speedup_is_the_median_of_per_round_ratios() -> None:
+    ref = {"round_samples_per_s": [1.0, 2.0, 1.0]}
+    fast = {"round_samples_per_s": [1.5, 2.2, 1.3]}
+    assert speedup(ref, fast) == pytest.approx({"median": 1.3, "min": 1.1, "max": 1.5})
+    assert speedup({"error": "OOM"}, fast) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rounds", "0"], "--rounds and --steps must be >= 1"),
+        (["--size", "192by640"], "--size '192by640': expected HEIGHTxWIDTH"),
+        (["--set", "data.height=100"], "data.height: must be a multiple of 32"),
+    ],
+)
+def test_bad_arguments_exit_2_with_the_reason(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: main(args))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
