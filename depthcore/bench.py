@@ -187,7 +187,7 @@ def bench_step(
     phases: list[dict[str, float]] = []
     if breakdown:
         eager_rt = replace(rt, graph=False)
-        eager_opt = torch.optim.Adam(rt.models.parameters(), lr=cfg.optim.lr)
+        eager_opt = make_optimizer(eager_rt)  # fused Adam on the fast path, as the step
         phases = [_timed_phases(eager_rt, eager_opt, batches) for _ in range(max(3, steps // 2))]
     step_s = statistics.median(times)
     return StepResult(
