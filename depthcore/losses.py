@@ -316,55 +316,39 @@ def compute_losses(
     """
     _check_inputs(disps, images, poses, frame_ids)
     with torch.autocast(images.device.type, enabled=False):
-        return _compute_losses(
-            disps, upcast(images), poses, K, inv_K, frame_ids, loss,
-            (min_depth, max_depth), identity_once, generator, compiled,
-        )  # fmt: skip
-
-
-def _compute_losses(
-    disps: Mapping[int, Tensor],
-    images: Tensor,
-    poses: Mapping[int, Tensor],
-    K: Tensor,
-    inv_K: Tensor,
-    frame_ids: Sequence[int],
-    loss: LossConfig,
-    depth_range: tuple[float, float],
-    identity_once: bool,
-    generator: torch.Generator | None,
-    compiled: bool,
-) -> LossTerms:
-    b, n_frames, _, h, w = images.shape
-    target, sources = images[:, 0], images[:, 1:].transpose(0, 1)
-    T = torch.stack([poses[f] for f in frame_ids[1:]])
-    identity: Tensor | None = None
-    per_scale, photo, smooth, masks = {}, [], [], []
-    for scale in sorted(disps):
-        disp = upcast(disps[scale])
-        depth = _full_res_depth(disp, (h, w), *depth_range)
-        if identity_once:
-            reproj, identity = _scale_photometric_fast(
-                depth, target, sources, K, inv_K, T, loss, identity, compiled
-            )
-        else:
-            reproj, identity = _scale_photometric_reference(
-                depth, target, sources, K, inv_K, T, loss
-            )
-        noise = None
-        if identity is not None:
-            noise = _identity_noise(_noise_shape(b, n_frames - 1, h, w, loss), reproj, generator)
-        photo_s, mask_s = combine_reprojection(reproj, identity, noise, loss)
-        smooth_s = _smooth_term(disp, target, scale, loss)
-        per_scale[scale] = photo_s + smooth_s
-        photo.append(photo_s.detach())
-        smooth.append(smooth_s.detach())
-        masks.append(mask_s)
-    n = len(per_scale)
-    return LossTerms(
-        total=sum(per_scale.values()) / n,
-        per_scale=per_scale,
-        photometric=torch.stack(photo).sum() / n,
-        smoothness=torch.stack(smooth).sum() / n,
-        automask=torch.stack(masks).mean(),
-    )
+        images = upcast(images)
+        b, n_frames, _, h, w = images.shape
+        target, sources = images[:, 0], images[:, 1:].transpose(0, 1)
+        T = torch.stack([poses[f] for f in frame_ids[1:]])
+        identity: Tensor | None = None
+        per_scale, photo, smooth, masks = {}, [], [], []
+        for scale in sorted(disps):
+            disp = upcast(disps[scale])
+            depth = _full_res_depth(disp, (h, w), min_depth, max_depth)
+            if identity_once:
+                reproj, identity = _scale_photometric_fast(
+                    depth, target, sources, K, inv_K, T, loss, identity, compiled
+                )
+            else:
+                reproj, identity = _scale_photometric_reference(
+                    depth, target, sources, K, inv_K, T, loss
+                )
+            noise = None
+            if identity is not None:
+                noise = _identity_noise(
+                    _noise_shape(b, n_frames - 1, h, w, loss), reproj, generator
+                )
+            photo_s, mask_s = combine_reprojection(reproj, identity, noise, loss)
+            smooth_s = _smooth_term(disp, target, scale, loss)
+            per_scale[scale] = photo_s + smooth_s
+            photo.append(photo_s.detach())
+            smooth.append(smooth_s.detach())
+            masks.append(mask_s)
+        n = len(per_scale)
+        return LossTerms(
+            total=sum(per_scale.values()) / n,
+            per_scale=per_scale,
+            photometric=torch.stack(photo).sum() / n,
+            smoothness=torch.stack(smooth).sum() / n,
+            automask=torch.stack(masks).mean(),
+        )
