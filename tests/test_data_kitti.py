@@ -294,39 +294,19 @@ def test_bundled_splits_parse() -> None:
 # The runner
 
 
+def _export_gt(tree: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    split = tree / "splits/test_files.txt"
+    return subprocess.run(
+        [sys.executable, str(REPO / "runners/export_gt.py"), "--data-root", str(tree),
+         "--split-file", str(split), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+
+
 def test_export_gt_runner(kitti_tree: Path, small_tree: Path, tmp_path: Path) -> None:
-    script = [sys.executable, str(REPO / "runners/export_gt.py")]
     out = tmp_path / "gt.npz"
-    ok = subprocess.run(
-        [
-            *script,
-            "--data-root",
-            str(kitti_tree),
-            "--split-file",
-            str(kitti_tree / "splits/test_files.txt"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    ok = _export_gt(kitti_tree, out)
     assert ok.returncode == 0, ok.stderr
     assert len(load_gt_depths(out)) == 3
-    bad = subprocess.run(
-        [
-            *script,
-            "--data-root",
-            str(small_tree),
-            "--split-file",
-            str(small_tree / "splits/test_files.txt"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    bad = _export_gt(small_tree, out)
     assert bad.returncode == 2 and "test_files.txt:1: missing velodyne" in bad.stderr
