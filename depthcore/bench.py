@@ -73,7 +73,7 @@ class StepResult:
     breakdown_ms: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0
     gpu_util_percent: float | None = None
-    round_samples_per_s: list[float] = field(default_factory=list)  # one median per round
+    round_samples_per_s: list[float] = field(default_factory=list)  # set by bench_rounds
     step_times_s: list[float] = field(default_factory=list)
 
 
@@ -199,7 +199,6 @@ def bench_step(
         else {},
         peak_memory_mb=peak,
         gpu_util_percent=sampler.util,
-        round_samples_per_s=[cfg.optim.batch_size / step_s],
         step_times_s=times,
     )
 
