@@ -6,8 +6,10 @@ same step with a synchronisation between phases. The *reference* path is the str
 Monodepth2 recipe: images decoded and resized for every sample (no frame cache), identity
 reprojection recomputed at every scale, one pooling call per SSIM statistic, one pose-network
 pass per frame pair. The *fast* path switches all of these on; `--ablate` times each alone.
-With several rounds the variants alternate (A B A B ...) and the speed-up is the median of the
-per-round ratios, so a slow spell of a shared machine does not favour one variant.
+Every timed variant runs in a fresh process: process-wide state (the C allocator's settings,
+compiled-code caches, the CUDA caching allocator) never carries over from one variant to the
+next. With several rounds the variants alternate (A B A B ...) and the speed-up is the median
+of the per-round ratios, so a slow spell of a shared machine does not favour one variant.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,9 +62,12 @@ class Variant:
     amp: bool = True  # bf16 autocast + channels_last; CUDA only
     graph: bool = True  # the step as one CUDA graph; CUDA only
     compile: str = "none"  # train.compile: none | loss | networks | all
+    host_memory: str = "keep"  # train.host_memory: keep | system; CPU only
 
 
-REFERENCE = Variant("reference", cache=False, fast=False, amp=False, graph=False)
+REFERENCE = Variant(
+    "reference", cache=False, fast=False, amp=False, graph=False, host_memory="system"
+)
 FAST = Variant("fast")
 
 
@@ -105,6 +111,7 @@ def _variant_config(cfg: Config, variant: Variant) -> Config:
         "cuda_graph": variant.graph,
         "compile": variant.compile,
         "loss_impl": "fast" if variant.fast else "reference",
+        "host_memory": variant.host_memory,
     }
     return _with(cfg, data={"cache": variant.cache}, train=train)
 
@@ -204,16 +211,41 @@ def bench_step(
 
 
 def bench_rounds(
-    cfg: Config, variants: Sequence[Variant], *, steps: int, warmup: int, rounds: int
+    step_argv: Sequence[str], variants: Sequence[Variant], *, rounds: int, batch: int
 ) -> list[dict[str, Any]]:
     """Each variant `rounds` times, alternating (A B A B ...), so that a slow spell of a shared
-    machine hits every variant alike. Samples/s is the median over all timed steps; the
-    breakdown comes from the first round; peak memory is the largest of the rounds."""
+    machine hits every variant alike; each time in a fresh process (`step_in_process`).
+    Samples/s is the median over all timed steps; the breakdown comes from the first round;
+    peak memory is the largest of the rounds."""
     per_variant: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     for r in range(rounds):
         for v in variants:
-            per_variant[v.name].append(_guarded_step(cfg, v, steps, warmup, breakdown=r == 0))
-    return [_merge_rounds(per_variant[v.name], cfg.optim.batch_size) for v in variants]
+            per_variant[v.name].append(step_in_process(step_argv, v, breakdown=r == 0))
+    return [_merge_rounds(per_variant[v.name], batch) for v in variants]
+
+
+def _step_command(step_argv: Sequence[str], variant: Variant, breakdown: bool) -> list[str]:
+    spec = json.dumps({**asdict(variant), "breakdown": breakdown})
+    return [sys.executable, "-m", "depthcore.bench", *step_argv, "--variant", spec, "--json"]
+
+
+def step_in_process(
+    step_argv: Sequence[str], variant: Variant, *, breakdown: bool = True
+) -> dict[str, Any]:
+    """`bench_step` of one variant in a fresh Python process: its StepResult as a dict, or
+    {"variant", "error"} if it failed."""
+    proc = subprocess.run(
+        _step_command(step_argv, variant, breakdown), capture_output=True, text=True
+    )
+    return _step_output(variant, proc.returncode, proc.stdout, proc.stderr)
+
+
+def _step_output(variant: Variant, code: int, stdout: str, stderr: str) -> dict[str, Any]:
+    lines = stdout.strip().splitlines()
+    if code != 0 or not lines:
+        tail = stderr.strip().splitlines()[-1:] or [f"exit code {code}"]
+        return {"variant": variant.name, "error": f"benchmark process failed: {tail[0]}"}
+    return json.loads(lines[-1])
 
 
 def _merge_rounds(results: list[dict[str, Any]], batch: int) -> dict[str, Any]:
@@ -247,7 +279,7 @@ def speedup(reference: dict[str, Any], fast: dict[str, Any]) -> dict[str, float]
 
 
 def _guarded_step(
-    cfg: Config, variant: Variant, steps: int, warmup: int, *, breakdown: bool = True
+    cfg: Config, variant: Variant, steps: int, warmup: int, *, breakdown: bool
 ) -> dict[str, Any]:
     # One failing variant (e.g. out of memory) must not lose the others' numbers.
     try:
@@ -393,19 +425,26 @@ def _nvml_reader(device: torch.device) -> Callable[[], float] | None:
         )
 
 
-def bench_pack(args: Sequence[str], n: int) -> dict[str, Any]:
-    """Run `n` step benchmarks at once on the same device (fractional-GPU packing, as Ray's
-    `resources: {gpu: 1/n}` would): combined samples/s."""
-    cmd = [sys.executable, "-m", "depthcore.bench", *args, "--json", "--only-step"]
+def bench_pack(step_argv: Sequence[str], n: int) -> dict[str, Any]:
+    """Run `n` fast-path step benchmarks at once on the same device (fractional-GPU packing, as
+    Ray's `resources: {gpu: 1/n}` would), each in its own process: combined samples/s."""
+    cmd = _step_command(step_argv, FAST, breakdown=False)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // n))}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
-    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    if any(p.returncode for p in procs):
-        raise ConfigError(f"a packed benchmark process failed: {cmd}")
-    failed = [r["steps"][0]["error"] for r in results if "error" in r["steps"][0]]
+    with contextlib.ExitStack() as stack:
+        errs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(n)]
+        procs = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=e, text=True, env=env)
+            for e in errs
+        ]
+        outs = [p.communicate()[0] for p in procs]
+        results = []
+        for proc, out, err in zip(procs, outs, errs, strict=True):
+            err.seek(0)
+            results.append(_step_output(FAST, proc.returncode, out, err.read()))
+    failed = [r["error"] for r in results if "error" in r]
     if failed:
         return {"processes": n, "error": failed[0]}
-    per = [r["steps"][0]["samples_per_s"] for r in results]
+    per = [r["samples_per_s"] for r in results]
     return {"processes": n, "samples_per_s_each": per, "combined_samples_per_s": sum(per)}
 
 
@@ -425,7 +464,7 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
     steps, warmup, rounds = options["steps"], options["warmup"], options.get("rounds", 1)
     if rounds < 1 or steps < 1:
         raise ConfigError(f"--rounds and --steps must be >= 1, got {rounds} and {steps}")
-    variants = [FAST] if options.get("only_step") else [REFERENCE, FAST]
+    variants = [REFERENCE, FAST]
     if options.get("ablate"):
         variants += [
             Variant("fast-no-cache", cache=False),
@@ -433,6 +472,8 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
         ]
         if options["device"] == "cuda":
             variants += [Variant("fast-no-graph", graph=False), Variant("fast-fp32", amp=False)]
+        else:
+            variants.append(Variant("fast-system-malloc", host_memory="system"))
     if options.get("compile"):
         variants.append(Variant(f"fast+compile={options['compile']}", compile=options["compile"]))
     out: dict[str, Any] = {
@@ -442,10 +483,8 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
         "batch": cfg.optim.batch_size,
         "loss": cfg.loss.photometric,
         "rounds": rounds,
-        "steps": bench_rounds(cfg, variants, steps=steps, warmup=warmup, rounds=rounds),
+        "steps": bench_rounds(options["argv"], variants, rounds=rounds, batch=cfg.optim.batch_size),
     }
-    if options.get("only_step"):
-        return out
     ref = out["steps"][0]
     out["step_speedup"] = speedup(ref, out["steps"][1])
     out["speedups"] = {s["variant"]: speedup(ref, s) for s in out["steps"][1:]}
@@ -492,13 +531,13 @@ def format_report(res: dict[str, Any]) -> str:
     if res.get("rounds", 1) > 1:
         lines.append(f"per round (samples/s, {res['rounds']} rounds alternating the variants):")
         for s in ok:
-            lines.append(f"  {s['variant']:<28}" + " ".join(
+            lines.append(f"  {s['variant']:<28} " + " ".join(
                 f"{v:.2f}" for v in s["round_samples_per_s"]
             ))  # fmt: skip
     lines.append("breakdown (ms, synchronised, eager): " + " | ".join(PHASES))
     for s in ok:
         parts = " | ".join(f"{s['breakdown_ms'][p]:.1f}" for p in PHASES)
-        lines.append(f"  {s['variant']:<28}{parts}")
+        lines.append(f"  {s['variant']:<28} {parts}")
     speedups = res.get("speedups") or {"fast": res.get("step_speedup")}
     for name, up in speedups.items():
         if not up:
@@ -560,19 +599,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time the fast path with train.compile=WHAT (default: loss)",
     )
     parser.add_argument("--pack", type=int, default=1, help="N processes sharing the device")
-    parser.add_argument("--only-step", action="store_true", help=argparse.SUPPRESS)
+    # One variant's step benchmark, in the fresh process that step_in_process starts.
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_set_option(parser)
     args = parser.parse_args(argv)
+    if args.variant:
+        print(json.dumps(_one_variant(args)))
+        return 0
     res = run({**vars(args), "argv": _step_argv(args)})
     print(json.dumps(res) if args.json else format_report(res))
     return 0
 
 
+def _one_variant(args: Any) -> dict[str, Any]:
+    spec = json.loads(args.variant)
+    breakdown = spec.pop("breakdown")
+    h, w = parse_size(args.size)
+    cfg = bench_config(args.device, h, w, args.batch, args.overrides)
+    return _guarded_step(cfg, Variant(**spec), args.steps, args.warmup, breakdown=breakdown)
+
+
 def _step_argv(args: Any) -> list[str]:
-    """The arguments of one packed step benchmark: same device, size, batch, steps, settings."""
+    """The arguments of one step benchmark process: same device, size, batch, steps, settings."""
     out = [f"--device={args.device}", f"--size={args.size}", f"--batch={args.batch}"]
-    out += [f"--steps={args.steps}", f"--warmup={args.warmup}", f"--rounds={args.rounds}"]
+    out += [f"--steps={args.steps}", f"--warmup={args.warmup}"]
     return out + [f"--set={kv}" for kv in args.overrides]
 
 

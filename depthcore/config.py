@@ -216,6 +216,11 @@ class TrainConfig(_Section):
         True, description="CUDA + fast path: replay the whole step as one captured CUDA graph"
     )
     deterministic: bool = Field(False, description="cudnn.deterministic (slower on CUDA)")
+    host_memory: Literal["keep", "system"] = Field(
+        "keep",
+        description="CPU device: keep freed tensor memory mapped for the next step (glibc "
+        "mallopt; saves re-faulting it every step) or leave the C allocator as it is",
+    )
     loss_impl: Literal["fast", "reference"] = Field(
         "fast",
         description="fast: identity reprojection once per batch, stacked SSIM pooling, one "
@@ -312,6 +317,7 @@ _NON_IDENTITY_KEYS = (
     ("train", "compile"),
     ("train", "cuda_graph"),
     ("train", "loss_impl"),
+    ("train", "host_memory"),
     ("train", "log_every"),
     ("eval", "batch_size"),
     ("eval", "every_epoch"),

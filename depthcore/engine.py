@@ -34,6 +34,7 @@ from depthcore.data import (
 from depthcore.data.augment import apply_jitter
 from depthcore.errors import ConfigError, TrainingError
 from depthcore.evaluate import Evaluation, Predictions, evaluate_predictions, predict
+from depthcore.hostmem import keep_freed_memory
 from depthcore.losses import LossTerms, compute_losses
 from depthcore.metrics import METRIC_NAMES
 from depthcore.networks import Models, build_models, predict_depth, predict_poses
@@ -418,6 +419,8 @@ def build_runtime(cfg: Config, device: torch.device) -> Runtime:
     fast = cfg.train.loss_impl == "fast"
     cuda = device.type == "cuda"
     amp = cfg.train.amp and cuda
+    if device.type == "cpu" and cfg.train.host_memory == "keep":
+        keep_freed_memory()  # process-wide, before the first activations are allocated
     models = build_models(cfg.model).to(device)
     if amp:
         models = models.to(memory_format=torch.channels_last)

@@ -24,7 +24,7 @@ from torch import Tensor
 from depthcore.config import LossConfig
 from depthcore.errors import ConfigError
 from depthcore.geometry import disp_to_depth, warp_many
-from depthcore.ssim import ssim_components, ssim_map
+from depthcore.ssim import ssim_components, ssim_map, window_statistics
 from depthcore.tensors import upcast
 
 __all__ = [
@@ -54,18 +54,23 @@ def _power(base: Tensor, exponent: float) -> Tensor:
 
 
 def _photometric_channels(
-    pred: Tensor, target: Tensor, loss: LossConfig, stacked_pool: bool
+    pred: Tensor,
+    target: Tensor,
+    loss: LossConfig,
+    stacked_pool: bool,
+    target_stats: tuple[Tensor, Tensor] | None,
 ) -> Tensor:
-    """The per-channel photometric error map (N, 3, H, W) for `loss.photometric`."""
+    """The per-channel photometric error map (..., 3, H, W) for `loss.photometric`."""
     l1 = (target - pred).abs()
     kind, win, c1, c2 = loss.photometric, loss.ssim_window, loss.c1, loss.c2
     if kind == "l1":
         return l1
+    opts = {"stacked": stacked_pool, "y_stats": target_stats}
     if kind == "standard":
-        ssim = ssim_map(pred, target, win, c1, c2, stacked=stacked_pool)
+        ssim = ssim_map(pred, target, win, c1, c2, **opts)
         dissim = ((1 - ssim) / 2).clamp(0, 1)
         return loss.ssim_weight * dissim + (1 - loss.ssim_weight) * l1
-    lum, con, struct = ssim_components(pred, target, win, c1, c2, stacked=stacked_pool)
+    lum, con, struct = ssim_components(pred, target, win, c1, c2, **opts)
     half_s = (1 + struct) / 2
     if kind == "ssim_m":
         sim = _power(lum, loss.alpha) * _power(con, loss.beta) * _power(half_s, loss.gamma)
@@ -77,23 +82,31 @@ def _photometric_channels(
 
 
 def photometric_error(
-    pred: Tensor, target: Tensor, loss: LossConfig, *, stacked_pool: bool = True
+    pred: Tensor,
+    target: Tensor,
+    loss: LossConfig,
+    *,
+    stacked_pool: bool = True,
+    target_stats: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Per-pixel photometric error, averaged over channels (Monodepth2's compute_reprojection_loss).
 
     Args:
-        pred: (N, 3, H, W) synthesised image in [0, 1]; N may stack several comparisons.
-        target: (N, 3, H, W) target image in [0, 1].
+        pred: (..., 3, H, W) synthesised images in [0, 1], e.g. (N, B, 3, H, W): N warped
+            sources of a batch of B.
+        target: target images in [0, 1], broadcastable to pred (e.g. (B, 3, H, W)).
         loss: the loss kind and its weights, window and constants.
         stacked_pool: SSIM statistics from one pooling call (default) or one per statistic
             (Monodepth2's way, the benchmark's reference); same values.
+        target_stats: `ssim.window_statistics(target, loss.ssim_window)`, to pool the
+            target's statistics once for all the comparisons of a batch; same values.
     Returns:
-        (N, 1, H, W) error map, float32 (float64 for float64 inputs).
+        (..., 1, H, W) error map, float32 (float64 for float64 inputs).
     """
     with torch.autocast(pred.device.type, enabled=False):
         pred, target = upcast(pred), upcast(target)
-        err = _photometric_channels(pred, target, loss, stacked_pool)
-        return err.mean(dim=1, keepdim=True)
+        err = _photometric_channels(pred, target, loss, stacked_pool, target_stats)
+        return err.mean(dim=-3, keepdim=True)
 
 
 @functools.cache
@@ -237,10 +250,11 @@ def _scale_photometric_fast(
     T: Tensor,
     loss: LossConfig,
     identity: Tensor | None,
+    target_stats: tuple[Tensor, Tensor] | None,
     compiled: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """One scale's reprojection errors (B, S, H, W), and the identity ones if not given yet."""
-    n, b = sources.shape[:2]
+    n = sources.shape[0]
     warped = warp_many(sources, depth, K, inv_K, T)
     preds = [warped]
     if loss.automask and identity is None:
@@ -250,10 +264,9 @@ def _scale_photometric_fast(
     groups = [torch.cat(preds, dim=0)] if not compiled else preds
     photometric = compiled_photometric_error() if compiled else photometric_error
     errs = []
-    for pred in groups:
-        tgt = target.to(warped.dtype).expand(pred.shape[0], *target.shape)
-        err = photometric(pred.flatten(0, 1), tgt.flatten(0, 1), loss)
-        errs.append(err.reshape(-1, b, *depth.shape[-2:]).transpose(0, 1))
+    for pred in groups:  # (M, B, 3, H, W) against the (B, 3, H, W) target
+        err = photometric(pred, target, loss, target_stats=target_stats)
+        errs.append(err[:, :, 0].transpose(0, 1))
     err = torch.cat(errs, dim=1) if len(errs) > 1 else errs[0]
     reprojection = err[:, :n]
     if len(preds) > 1:
@@ -305,9 +318,9 @@ def compute_losses(
         K, inv_K: (B, 4, 4) intrinsics at full resolution H×W.
         frame_ids: e.g. (0, -1, 1). loss: photometric kind, weights, automask, min/avg.
         min_depth, max_depth: disparity-to-depth range.
-        identity_once: fast path (identity errors once per batch, one stacked photometric call
-            per scale, one pooling call per SSIM); False: Monodepth2's per-scale, per-source
-            calls with separate pooling calls. Same result.
+        identity_once: fast path (identity errors and the target's SSIM statistics once per
+            batch, one stacked photometric call per scale, one pooling call per SSIM); False:
+            Monodepth2's per-scale, per-source calls with separate pooling calls. Same result.
         generator: RNG for the identity tie-breaking noise (same draws on both paths);
             None uses the global RNG of the images' device.
         compiled: fast path only: the photometric error through `compiled_photometric_error`.
@@ -321,13 +334,17 @@ def compute_losses(
         target, sources = images[:, 0], images[:, 1:].transpose(0, 1)
         T = torch.stack([poses[f] for f in frame_ids[1:]])
         identity: Tensor | None = None
+        # Full-resolution multiscale: every scale compares against the same target.
+        stats = None
+        if identity_once and loss.photometric != "l1":
+            stats = window_statistics(target, loss.ssim_window)
         per_scale, photo, smooth, masks = {}, [], [], []
         for scale in sorted(disps):
             disp = upcast(disps[scale])
             depth = _full_res_depth(disp, (h, w), min_depth, max_depth)
             if identity_once:
                 reproj, identity = _scale_photometric_fast(
-                    depth, target, sources, K, inv_K, T, loss, identity, compiled
+                    depth, target, sources, K, inv_K, T, loss, identity, stats, compiled
                 )
             else:
                 reproj, identity = _scale_photometric_reference(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from depthcore.bench import PHASES, format_report, main, speedup
+from depthcore.bench import FAST, PHASES, _step_output, format_report, main, speedup
 from depthcore.cli import run_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,3 +91,18 @@ def test_bad_arguments_exit_2_with_the_reason(
         run_main(lambda: main(args))
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_failing_variant_process_is_reported_not_raised() -> None:
+    stderr = "Traceback ...\nConfigError: --size '64by192': expected HEIGHTxWIDTH, e.g. 192x640\n"
+    res = _step_output(FAST, 2, "", stderr)
+    assert res == {
+        "variant": "fast",
+        "error": "benchmark process failed: ConfigError: --size '64by192': expected HEIGHTxWIDTH, "
+        "e.g. 192x640",
+    }
+    assert _step_output(FAST, -9, "", "")["error"] == "benchmark process failed: exit code -9"
+    assert _step_output(FAST, 0, '{"variant": "fast", "samples_per_s": 2.0}\n', "") == {
+        "variant": "fast",
+        "samples_per_s": 2.0,
+    }

@@ -99,6 +99,7 @@ def test_identity_ignores_unused_weights_speed_keys_and_locations() -> None:
         "data.num_workers=0",
         "train.device=cpu",
         "train.loss_impl=reference",
+        "train.host_memory=system",
         "data.root=/somewhere/else",
     ]
     assert load_config(None, same).run_id() == base.run_id()

@@ -166,7 +166,8 @@ def both_cores():
 @pytest.mark.slow
 @pytest.mark.usefixtures("both_cores")
 def test_short_cpu_training_learns_depth_on_synthetic_drives(tiny_overrides, tmp_path) -> None:
-    """About a minute of training: the photometric loss falls and depth beats the untrained net.
+    """About a minute of training: the photometric loss falls and more pixels get their depth
+    within 1.25x (a1) than with the untrained net.
 
     min_depth 0.01: the networks start at a depth scale near 1/100 of metric (pose outputs are
     x0.01), so Monodepth2's 0.1 would clamp everything nearer than ~10 m in so short a run.
@@ -203,6 +204,7 @@ def test_short_cpu_training_learns_depth_on_synthetic_drives(tiny_overrides, tmp
         r["loss"] for r in store.read_jsonl(tmp_path / store.METRICS_FILE) if r["type"] == "train"
     ]
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
-    assert after["abs_rel"] < 0.95 * before["abs_rel"]
-    assert after["rmse_log"] < 0.95 * before["rmse_log"]
-    assert after["a1"] > before["a1"]
+    # a1 (median-scaled): 0.25 untrained, 0.35-0.41 after training with seeds 1-3 and 1234.
+    # abs_rel and rmse_log are not asserted: this early they move either way from seed to seed
+    # (one of them got worse in 2 of those 4 runs), and with float rounding alone.
+    assert after["a1"] > before["a1"] + 0.05

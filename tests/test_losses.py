@@ -22,6 +22,7 @@ from depthcore.losses import (
     photometric_error,
     smoothness_loss,
 )
+from depthcore.ssim import window_statistics
 
 KINDS = ("standard", "ssim_m", "ssim_a", "l1")
 H, W = 32, 48
@@ -169,6 +170,23 @@ def test_photometric_error_is_float32_under_autocast_and_accepts_channels_last()
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, atol=0.02, rtol=0)  # inputs rounded to bf16 only
     torch.testing.assert_close(photometric_error(*cl, cfg), ref)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stacked_comparisons_with_target_statistics_equal_one_call_each(kind: str) -> None:
+    """The fast path's call: N warped sources (N, B, 3, H, W) against one (B, 3, H, W) target
+    whose SSIM statistics were pooled once."""
+    cfg = LossConfig(photometric=kind)
+    gen = torch.Generator().manual_seed(6)
+    pred = torch.rand(3, 2, 3, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(2, 3, H, W, generator=gen, dtype=torch.float64)
+    stats = window_statistics(target, cfg.ssim_window)
+    stacked = photometric_error(pred, target, cfg, target_stats=stats)
+    looped = torch.stack([photometric_error(pred[i], target, cfg) for i in range(3)])
+    assert stacked.shape == (3, 2, 1, H, W)
+    torch.testing.assert_close(stacked, looped)
+    g1, g2 = (torch.autograd.grad(e.sum(), pred)[0] for e in (stacked, looped))
+    torch.testing.assert_close(g1, g2)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from scipy.ndimage import uniform_filter
 from skimage.metrics import structural_similarity
 
-from depthcore.ssim import box_filter, local_statistics, ssim_components, ssim_map
+from depthcore.ssim import (
+    box_filter,
+    local_statistics,
+    ssim_components,
+    ssim_map,
+    window_statistics,
+)
 
 C1, C2 = 1e-4, 9e-4
 
@@ -184,7 +190,7 @@ def test_channels_last_input() -> None:
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("window", [3, 5])
+@pytest.mark.parametrize("window", [1, 3, 5])
 def test_box_filter_equals_avg_pool_with_gradients(window: int) -> None:
     x = torch.rand(2, 3, 9 + window - 1, 11 + window - 1, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(box_filter(x, window), F.avg_pool2d(x, window, stride=1))
@@ -209,3 +215,25 @@ def test_reference_pooling_and_gradient_split_give_the_same_statistics() -> None
         (g,) = torch.autograd.grad(ssim_map(pred, y.detach(), stacked=stacked).sum(), pred)
         grads.append(g)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_target_statistics_pooled_once_serve_a_stack_of_comparisons() -> None:
+    """y_stats with x (N, B, C, H, W) against y (B, C, H, W): the same SSIM maps and
+    gradients as comparing each of the N images with y on its own."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 2, 3, 10, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(2, 3, 10, 12, generator=gen, dtype=torch.float64)
+    stats = window_statistics(y, 5)
+    assert all(s.shape == y.shape for s in stats)
+
+    def maps(fn, xs: torch.Tensor, **kw) -> torch.Tensor:  # (maps, N, B, C, H, W)
+        out = fn(xs, y, 5, **kw)
+        return torch.stack(out) if isinstance(out, tuple) else out.unsqueeze(0)
+
+    for fn in (ssim_map, ssim_components):
+        stacked = maps(fn, x, y_stats=stats)
+        looped = torch.stack([maps(fn, x[i]) for i in range(3)], dim=1)
+        torch.testing.assert_close(stacked, looped)
+        (g1,) = torch.autograd.grad(stacked.square().sum(), x)
+        (g2,) = torch.autograd.grad(looped.square().sum(), x)
+        torch.testing.assert_close(g1, g2)
