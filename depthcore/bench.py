@@ -5,7 +5,8 @@ loss → backward → optimiser, timed end to end (synchronised per step). The b
 same step with a synchronisation between phases. The *reference* path is the straightforward
 Monodepth2 recipe: images decoded and resized for every sample (no frame cache), identity
 reprojection recomputed at every scale, one pooling call per SSIM statistic, one pose-network
-pass per frame pair. The *fast* path switches all of these on; `--ablate` times each alone.
+pass per frame pair, plain Adam, and on CPU the C allocator as it is. The *fast* path switches
+all of these speed-ups on; `--ablate` times the main ones alone.
 Every timed variant runs in a fresh process: process-wide state (the C allocator's settings,
 compiled-code caches, the CUDA caching allocator) never carries over from one variant to the
 next. With several rounds the variants alternate (A B A B ...) and the speed-up is the median

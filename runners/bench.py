@@ -6,8 +6,9 @@
 
 Prints median samples/s of the full step (reference vs fast path) with a per-phase breakdown
 and peak memory (and GPU utilisation on CUDA), the loss alone, and the data path with and
-without the frame cache. --rounds R alternates the variants R times and reports the median
-per-round speed-up with its range; --pack N runs N benchmarks sharing the device and sums them.
+without the frame cache. Each variant runs in a fresh process. --rounds R alternates the
+variants R times and reports the median per-round speed-up with its range; --pack N runs N
+benchmarks sharing the device and sums them.
 """
 
 from __future__ import annotations
