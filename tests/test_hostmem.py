@@ -12,11 +12,12 @@ import pytest
 # A fresh process: the setting is process-wide and cannot be undone. Each "step" holds tensors
 # of 4 to 64 MiB together, as a training step's activations, then frees them; 64 MiB is above
 # glibc's largest automatic mmap threshold, so without the setting each is mapped anew.
-PROBE = """
-import resource, sys, torch
+SIZES = [2**20, 4 * 2**20, 10 * 2**20, 16 * 2**20, 3 * 2**20]  # float32 elements
+PROBE = f"""
+import resource, torch
 from depthcore.hostmem import keep_freed_memory
 
-SIZES = [2**20, 4 * 2**20, 10 * 2**20, 16 * 2**20, 3 * 2**20]  # float32 elements
+SIZES = {SIZES}
 
 def step_faults(n=5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -39,6 +40,6 @@ def test_keep_freed_memory_removes_the_page_faults_of_the_next_steps() -> None:
     assert proc.returncode == 0, proc.stderr
     applied, system, kept = proc.stdout.split()
     assert applied == "True"
-    pages_per_step = 4 * sum([2**20, 4 * 2**20, 10 * 2**20, 16 * 2**20, 3 * 2**20]) // 4096
+    pages_per_step = 4 * sum(SIZES) // 4096
     assert int(system) > 2 * pages_per_step, system  # most tensors mapped and faulted anew
     assert int(kept) < pages_per_step // 10, (system, kept)
