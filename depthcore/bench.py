@@ -80,7 +80,7 @@ class StepResult:
     breakdown_ms: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0
     gpu_util_percent: float | None = None
-    round_samples_per_s: list[float] = field(default_factory=list)  # set by bench_rounds
+    round_samples_per_s: list[float] = field(default_factory=list)  # set by _merge_rounds
     step_times_s: list[float] = field(default_factory=list)
 
 
@@ -354,7 +354,7 @@ def _reset_peak(device: torch.device) -> None:
 
 def _peak_memory_mb(device: torch.device, sampled_rss_mb: float | None) -> float:
     """CUDA: peak allocated by this variant. CPU: the largest resident set sampled during its
-    timed steps (the process's lifetime maximum would carry over from earlier variants)."""
+    timed steps (the process's lifetime maximum would also count the data set-up)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     if sampled_rss_mb is not None:
