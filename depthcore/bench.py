@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ from depthcore.engine import (
     seed_everything,
 )
 from depthcore.errors import ConfigError
+from depthcore.profiling import format_profile, profile_steps
 
 PHASES = ("data", "depth_net", "pose_net", "warp_and_loss", "backward", "optimiser")
 
@@ -211,6 +213,22 @@ def bench_step(
     )
 
 
+def profile_variant(
+    cfg: Config, variant: Variant, *, steps: int, warmup: int, rows: int, trace: Path | None
+) -> dict[str, Any]:
+    """`profiling.profile_steps` over eager steps of `variant` (a CUDA graph hides operators)."""
+    rt, opt = _runtime(_variant_config(cfg, variant))
+    rt = replace(rt, graph=False)
+    opt = make_optimizer(rt)
+    step = make_step(rt, opt)
+    batches = _endless(build_train_loader(rt.cfg, resolve_data(rt.cfg)))
+    for _ in range(warmup):
+        _timed_step(step, rt.device, batches)
+    return profile_steps(
+        lambda: step(next(batches)), rt.device, steps=steps, rows=rows, trace=trace
+    )
+
+
 def bench_rounds(
     step_argv: Sequence[str], variants: Sequence[Variant], *, rounds: int, batch: int
 ) -> list[dict[str, Any]]:
@@ -225,8 +243,10 @@ def bench_rounds(
     return [_merge_rounds(per_variant[v.name], batch) for v in variants]
 
 
-def _step_command(step_argv: Sequence[str], variant: Variant, breakdown: bool) -> list[str]:
-    spec = json.dumps({**asdict(variant), "breakdown": breakdown})
+def _step_command(
+    step_argv: Sequence[str], variant: Variant, breakdown: bool, **extra: Any
+) -> list[str]:
+    spec = json.dumps({**asdict(variant), "breakdown": breakdown, **extra})
     return [sys.executable, "-m", "depthcore.bench", *step_argv, "--variant", spec, "--json"]
 
 
@@ -239,6 +259,14 @@ def step_in_process(
         _step_command(step_argv, variant, breakdown), capture_output=True, text=True
     )
     return _step_output(variant, proc.returncode, proc.stdout, proc.stderr)
+
+
+def profile_in_process(step_argv: Sequence[str], rows: int, trace: Path | None) -> dict[str, Any]:
+    """`profile_variant` of the fast path in a fresh Python process, or {"error"}."""
+    extra = {"profile": rows, "trace": None if trace is None else str(trace)}
+    cmd = _step_command(step_argv, FAST, breakdown=False, **extra)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return _step_output(FAST, proc.returncode, proc.stdout, proc.stderr)
 
 
 def _step_output(variant: Variant, code: int, stdout: str, stderr: str) -> dict[str, Any]:
@@ -465,6 +493,11 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
     steps, warmup, rounds = options["steps"], options["warmup"], options.get("rounds", 1)
     if rounds < 1 or steps < 1:
         raise ConfigError(f"--rounds and --steps must be >= 1, got {rounds} and {steps}")
+    rows = options.get("profile")
+    if rows is not None and rows < 1:
+        raise ConfigError(f"--profile ROWS must be >= 1, got {rows}")
+    if options.get("trace") is not None and rows is None:
+        raise ConfigError("--trace PATH writes the profile's trace: add --profile")
     variants = [REFERENCE, FAST]
     if options.get("ablate"):
         variants += [
@@ -503,6 +536,11 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
     out["data_samples_per_s"] = {"cache": cached, "decode": decoded, "speedup": cached / decoded}
     if options.get("pack", 1) > 1:
         out["pack"] = bench_pack(options["argv"], options["pack"])
+    if options.get("profile"):
+        trace = options.get("trace")
+        out["profile"] = profile_in_process(
+            options["argv"], options["profile"], None if trace is None else Path(trace)
+        )
     return out
 
 
@@ -573,6 +611,10 @@ def format_report(res: dict[str, Any]) -> str:
             f"{pack['processes']} packed processes: {each} -> {pack['combined_samples_per_s']:.1f}"
             " samples/s combined"
         )
+    if "profile" in res and "error" in res["profile"]:
+        lines.append(f"profile: failed: {res['profile']['error']}")
+    elif "profile" in res:
+        lines.append(format_profile(res["profile"]))
     return "\n".join(lines)
 
 
@@ -600,6 +642,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time the fast path with train.compile=WHAT (default: loss)",
     )
     parser.add_argument("--pack", type=int, default=1, help="N processes sharing the device")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        type=int,
+        const=25,
+        metavar="ROWS",
+        help="also profile the fast path (eager): time by kind and the top ROWS operators (25)",
+    )
+    parser.add_argument(
+        "--trace", type=Path, metavar="PATH", help="with --profile: write a Chrome trace there"
+    )
     # One variant's step benchmark, in the fresh process that step_in_process starts.
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -616,8 +669,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_variant(args: Any) -> dict[str, Any]:
     spec = json.loads(args.variant)
     breakdown = spec.pop("breakdown")
+    rows, trace = spec.pop("profile", None), spec.pop("trace", None)
     h, w = parse_size(args.size)
     cfg = bench_config(args.device, h, w, args.batch, args.overrides)
+    if rows:
+        path = None if trace is None else Path(trace)
+        return profile_variant(
+            cfg, Variant(**spec), steps=args.steps, warmup=args.warmup, rows=rows, trace=path
+        )
     return _guarded_step(cfg, Variant(**spec), args.steps, args.warmup, breakdown=breakdown)
 
 

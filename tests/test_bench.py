@@ -25,14 +25,16 @@ def tiny_args(cache: Path) -> list[str]:
     return args
 
 
-def test_bench_reports_steps_rounds_loss_and_data(synthetic_cache: Path) -> None:
+def test_bench_reports_steps_rounds_loss_data_pack_and_profile(
+    synthetic_cache: Path, tmp_path: Path
+) -> None:
+    trace = tmp_path / "traces" / "step.json"
     proc = subprocess.run(
         [
             sys.executable,
             str(REPO / "runners" / "bench.py"),
             *tiny_args(synthetic_cache),
-            "--pack",
-            "2",
+            *("--pack", "2", "--profile", "6", "--trace", str(trace)),
             "--json",
         ],
         capture_output=True,
@@ -56,6 +58,17 @@ def test_bench_reports_steps_rounds_loss_and_data(synthetic_cache: Path) -> None
     pack = res["pack"]
     assert pack["processes"] == 2 and len(pack["samples_per_s_each"]) == 2, pack
     assert pack["combined_samples_per_s"] == pytest.approx(sum(pack["samples_per_s_each"]))
+    prof = res["profile"]
+    assert "error" not in prof, prof
+    assert prof["clock"] == "CPU" and prof["steps"] == 2
+    assert len(prof["operators"]) == 6
+    kinds = {k["kind"]: k["ms_per_step"] for k in prof["kinds"]}
+    # Convolutions dominate a ResNet step: both directions must be found and ranked high.
+    assert kinds["convolution forward"] > 0 and kinds["convolution backward"] > 0
+    assert max(kinds, key=kinds.__getitem__).startswith("convolution")
+    assert sum(kinds.values()) == pytest.approx(prof["ms_per_step"])
+    assert "traceEvents" in json.loads(trace.read_text())
+    assert [p.name for p in trace.parent.iterdir()] == ["step.json"]  # no temporary left
     text = format_report(res)
     expected = (
         "full step",
@@ -64,6 +77,8 @@ def test_bench_reports_steps_rounds_loss_and_data(synthetic_cache: Path) -> None
         "loss alone (standard):",
         "data path alone: decode+resize",
         "2 packed processes:",
+        "profile (fast path, eager, 2 steps, self time on CPU:",
+        "convolution backward",
     )
     for line in expected:
         assert line in text, text
@@ -82,6 +97,8 @@ def test_speedup_is_the_median_of_per_round_ratios() -> None:
         (["--rounds", "0"], "--rounds and --steps must be >= 1"),
         (["--size", "192by640"], "--size '192by640': expected HEIGHTxWIDTH"),
         (["--set", "data.height=100"], "data.height: must be a multiple of 32"),
+        (["--profile", "0"], "--profile ROWS must be >= 1, got 0"),
+        (["--trace", "t.json"], "--trace PATH writes the profile's trace: add --profile"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_reason(
