@@ -204,7 +204,10 @@ class TrainConfig(_Section):
     steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (quick runs)")
     seed: int = Field(1234, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(True, description="CUDA only: bf16 autocast + channels_last")
+    amp: bool = Field(
+        True,
+        description="CUDA only: bf16 autocast + channels_last (output layers, losses, eval fp32)",
+    )
     compile: Annotated[
         Literal["none", "loss", "networks", "all"],
         BeforeValidator(_compile_choice),

@@ -550,7 +550,6 @@ def _evaluate(run: _Run, scales: tuple[int, ...], keep_rgb: int) -> tuple[Predic
         device=run.rt.device,
         post_process=run.cfg.eval.post_process,
         keep_rgb=keep_rgb,
-        autocast=run.rt.amp,
     )
     return preds, evaluate_predictions(preds, run.gts, run.cfg.eval)
 

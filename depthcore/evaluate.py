@@ -66,16 +66,18 @@ def predict(
     device: torch.device,
     post_process: bool = False,
     keep_rgb: int = 0,
-    autocast: bool = False,
 ) -> Predictions:
-    """Run the depth network over test batches ({"color": uint8 (B,3,H,W), "index": (B,)})."""
+    """Run the depth network over test batches ({"color": uint8 (B,3,H,W), "index": (B,)}).
+
+    Always in float32: the metrics must not depend on the training's speed switches (bf16
+    autocast rounds every activation to 8 significant bits)."""
     was_training = models.training
     models.eval()
     out = Predictions(disp={s: [] for s in scales})
     for batch in batches:
         color = batch["color"].to(device, non_blocking=True)
         images = color.float().div_(255)
-        disps = _predict_scaled(models, images, model_cfg, scales, post_process, autocast)
+        disps = _predict_scaled(models, images, model_cfg, scales, post_process)
         for s in scales:
             out.disp[s].extend(d[0] for d in disps[s].float().cpu().numpy())
         for i, idx in enumerate(batch["index"].tolist()):
@@ -92,11 +94,9 @@ def _predict_scaled(
     model_cfg: ModelConfig,
     scales: Sequence[int],
     post_process: bool,
-    autocast: bool,
 ) -> dict[int, torch.Tensor]:
     inputs = torch.cat([images, torch.flip(images, dims=[3])]) if post_process else images
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
-        raw = predict_depth(models, inputs)
+    raw = predict_depth(models, inputs)
     size = images.shape[-2:]
     out = {}
     for s in scales:
@@ -176,6 +176,5 @@ def evaluate_weights(
         scales=scales,
         device=device,
         post_process=cfg.eval.post_process,
-        autocast=cfg.train.amp and device.type == "cuda",
     )
     return evaluate_predictions(preds, load_gt_depths(paths.gt_path), cfg.eval), cfg

@@ -7,5 +7,6 @@ from torch import Tensor
 
 
 def upcast(x: Tensor) -> Tensor:
-    """float16/bfloat16 → float32; other dtypes unchanged (losses and warping run in fp32)."""
+    """float16/bfloat16 → float32; other dtypes unchanged (losses, warping and output layers
+    run in fp32)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

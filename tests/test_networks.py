@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -270,3 +271,30 @@ def test_resnet50_folder_into_resnet18_model_is_a_clear_error(folder: Path, tmp_
     _copy(folder, tmp_path, ("depth.pth",))
     with pytest.raises(DataError, match=r"encoder\.pth.*resnet18"):
         load_monodepth2(tmp_path, ModelConfig(pretrained=False))
+
+
+def test_output_layers_run_in_float32_under_bf16_autocast(models: Models) -> None:
+    """The disparity heads and the pose decoder's last layer must not round to bf16."""
+    seen: dict[str, torch.dtype] = {}
+    heads = {f"depth head {k}": models.depth.decoder[k] for k in HEADS}
+    layers = {**heads, "pose output": models.pose.net[3], "pose squeeze": models.pose.net[0]}
+
+    def record(name: str) -> Callable[..., None]:
+        return lambda _module, _inputs, out: seen.__setitem__(name, out.dtype)
+
+    hooks = [layer.register_forward_hook(record(name)) for name, layer in layers.items()]
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(6))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            disps = predict_depth(models, x)
+            poses = predict_poses(models, torch.rand(2, 3, 3, H, W), (0, -1, 1))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen.pop("pose squeeze") == torch.bfloat16  # autocast is on for the layers before
+    assert seen == dict.fromkeys(layers.keys() - {"pose squeeze"}, torch.float32)
+    for disp in disps.values():
+        assert disp.dtype == torch.float32
+        # A bf16-rounded disparity would survive a round trip through bf16 unchanged.
+        assert (disp != disp.to(torch.bfloat16).float()).float().mean() > 0.9
+    assert all(p.dtype == torch.float32 for p in poses.values())
