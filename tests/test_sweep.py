@@ -140,6 +140,7 @@ def test_paper_sweeps_use_the_paper_settings() -> None:
             assert (c.optim.batch_size, c.optim.warmup_steps, c.optim.lr) == (8, 1000, 1e-4)
             assert (c.train.epochs, c.train.seed) == (20, 1234)
             assert (c.model.encoder, c.model.pretrained) == ("resnet18", True)
+            assert c.model.scales == c.eval.scales == (0, 1, 2, 3)  # Table 4 reads any run
 
 
 def test_table3_and_table4_variants() -> None:
@@ -150,9 +151,10 @@ def test_table3_and_table4_variants() -> None:
     assert weights == {(0.3, 0.5, 0.5, 0.6), (0.4, 0.4, 0.5, 0.7), (0.4, 0.5, 0.5, 0.7)}
     assert sorted(t.config.model.upsample for t in t3) == ["nearest"] * 3 + ["subpixel"] * 3
     t4 = expand(load("table4_multiscale"))
-    assert sorted(t.config.model.upsample for t in t4) == ["bilinear", "subpixel"]
+    # The paper's Table 4 compares its Table 3 models ("nearest upsample and sub-pixel").
+    assert sorted(t.config.model.upsample for t in t4) == ["nearest", "subpixel"]
     for t in t4:
-        assert t.config.model.scales == t.config.eval.scales == (0, 1, 2, 3, 4)
+        assert t.config.model.scales == t.config.eval.scales == (0, 1, 2, 3)
         loss = t.config.loss
         assert (loss.photometric, loss.w_mae, loss.w_l, loss.w_c, loss.w_s) == (
             "ssim_a",
@@ -174,6 +176,8 @@ def test_tables_share_runs_so_they_train_once() -> None:
         if t.params["model.upsample"] == "nearest"
     ]
     assert set(nearest) <= set(runs["table2_grid"])
+    table4 = [t.run_id for t in expand(load("table4_multiscale"))]
+    assert len(table4) == 2 and set(table4) <= set(runs["table3_upsampling"])
 
 
 def test_set_overrides_change_the_base_not_the_run_identity_of_paths(tmp_path: Path) -> None:
