@@ -204,10 +204,24 @@ def make_step(rt: Runtime, optimizer: torch.optim.Optimizer) -> StepFn:
 
     def replay(batch: dict[str, torch.Tensor]) -> LossTerms:
         if not graphed:
-            graphed.append(GraphedStep(eager, rt.models, optimizer, batch, rt.device))
+            graphed.append(_capture(eager, rt, optimizer, batch))
         return graphed[0](batch)
 
     return replay
+
+
+def _capture(
+    eager: StepFn, rt: Runtime, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]
+) -> GraphedStep:
+    try:
+        return GraphedStep(eager, rt.models, optimizer, batch, rt.device)
+    except RuntimeError as exc:
+        fix = "set train.cuda_graph=false"
+        if rt.compiled_loss:
+            fix += " (or train.compile=none to keep the graph)"
+        raise TrainingError(
+            f"capturing the training step as a CUDA graph failed: {exc}; {fix}"
+        ) from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,7 +442,9 @@ def build_runtime(cfg: Config, device: torch.device) -> Runtime:
         for module in (models.encoder, models.depth, models.pose_encoder, models.pose):
             module.compile()
     compiled_loss = cfg.train.compile in ("loss", "all")
-    graph = cfg.train.cuda_graph and cuda and fast and cfg.train.compile == "none"
+    # A compiled loss is compiled during the graph's warm-up steps and captured with the rest
+    # (tests/test_gpu.py); capturing compiled networks is not supported here.
+    graph = cfg.train.cuda_graph and cuda and fast and cfg.train.compile in ("none", "loss")
     return Runtime(
         cfg=cfg, models=models, device=device, amp=amp, fast=fast, graph=graph,
         compiled_loss=compiled_loss,

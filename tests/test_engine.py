@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -132,6 +133,21 @@ def test_non_finite_loss_stops_with_step_and_terms(tiny_cfg, tmp_path, monkeypat
     error = store.read_error(tmp_path)
     assert error["type"] == "TrainingError" and "step 1" in error["error"]
     assert store.run_status(tmp_path) == "failed"
+
+
+def test_failed_graph_capture_names_the_settings_to_change(tiny_cfg, monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(engine, "GraphedStep", fail)
+    rt = engine.build_runtime(tiny_cfg, torch.device("cpu"))
+    for compiled, fix in [(False, "train.cuda_graph=false$"), (True, r"train.compile=none")]:
+        graphed = dataclasses.replace(rt, graph=True, compiled_loss=compiled)
+        step = engine.make_step(graphed, engine.make_optimizer(rt))
+        with pytest.raises(
+            TrainingError, match=r"CUDA graph failed: operation not permitted.*" + fix
+        ):
+            step({})
 
 
 def test_report_callback_gets_each_epoch(tiny_overrides, tmp_path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -26,7 +28,7 @@ def _params(models: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _steps(cfg, graph: bool, batches: list[dict]) -> tuple[list[float], dict, dict]:
     engine.seed_everything(cfg.train.seed)
     rt = engine.build_runtime(cfg, torch.device("cuda"))
-    rt = engine.Runtime(cfg=cfg, models=rt.models, device=rt.device, amp=rt.amp, graph=graph)
+    rt = dataclasses.replace(rt, graph=graph)
     start = _params(rt.models)
     opt = engine.make_optimizer(rt)
     step = engine.make_step(rt, opt)
@@ -34,8 +36,10 @@ def _steps(cfg, graph: bool, batches: list[dict]) -> tuple[list[float], dict, di
     return losses, start, _params(rt.models)
 
 
-def test_graphed_step_trains_like_the_eager_step(cuda_overrides) -> None:
-    cfg = load_config(None, [*cuda_overrides, "train.amp=false", "data.augment=true"])
+@pytest.mark.parametrize("compile_", ["none", "loss"])
+def test_graphed_step_trains_like_the_eager_step(cuda_overrides, compile_: str) -> None:
+    overrides = ["train.amp=false", "data.augment=true", f"train.compile={compile_}"]
+    cfg = load_config(None, [*cuda_overrides, *overrides])
     loader = build_train_loader(cfg, resolve_data(cfg))
     batches = [b for _, b in zip(range(3), loader, strict=False)]
     eager_losses, start, eager_w = _steps(cfg, False, batches)
