@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test lint bench bench-gpu clean venv
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python runners/bench.py --device cpu --size 96x320 --batch 4 --steps 10 --rounds 3 --compile
+
+# On a CUDA machine, with any Python that has the project installed (PY=...): the GPU tests, then
+# the GPU benchmark of the performance target with the compiled loss, 2 packed runs and a profile.
+bench-gpu:
+	$(PY) -m pytest -q -m gpu tests/test_gpu.py
+	$(PY) runners/bench.py --device cuda --size 192x640 --batch 8 --steps 30 --compile --pack 2 --profile 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache
