@@ -217,10 +217,9 @@ def profile_variant(
     cfg: Config, variant: Variant, *, steps: int, warmup: int, rows: int, trace: Path | None
 ) -> dict[str, Any]:
     """`profiling.profile_steps` over eager steps of `variant` (a CUDA graph hides operators)."""
-    rt, opt = _runtime(_variant_config(cfg, variant))
+    rt, _ = _runtime(_variant_config(cfg, variant))
     rt = replace(rt, graph=False)
-    opt = make_optimizer(rt)
-    step = make_step(rt, opt)
+    step = make_step(rt, make_optimizer(rt))  # the eager step's optimiser (fused Adam)
     batches = _endless(build_train_loader(rt.cfg, resolve_data(rt.cfg)))
     for _ in range(warmup):
         _timed_step(step, rt.device, batches)
