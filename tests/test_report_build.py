@@ -193,3 +193,29 @@ def test_second_run_in_a_new_process_is_identical_and_never_imports_torch(
     assert changed == []
     assert b"CreationDate" not in before[out / "ssim_a" / "figures" / "marginals.pdf"]
     assert all(m in before[out / "ssim_a" / "ablation.csv"].decode() for m in METRIC_NAMES)
+
+
+def test_per_scale_display_keeps_the_baseline_and_the_best_past_the_limit() -> None:
+    from depthcore.report.build import shown_per_scale
+
+    configs = pd.DataFrame(
+        {
+            "config": [f"c{i}" for i in range(6)],
+            "name": [f"n{i}" for i in range(6)],
+            "role": ["baseline"] + ["grid"] * 5,
+            "abs_rel": [0.20, 0.15, 0.11, 0.13, 0.12, 0.14],
+        }
+    )
+    table = pd.DataFrame(
+        [
+            {"config": c, "name": c, "scale": s, "abs_rel": 0.1}
+            for c in configs["config"]
+            for s in (0, 1)
+        ]
+    )
+    shown, note = shown_per_scale(table, configs, "abs_rel", limit=3)
+    assert sorted(set(shown["config"])) == ["c0", "c2", "c4"]  # baseline + the 2 lowest abs_rel
+    assert len(shown) == 6 and note is not None
+    assert "6 configurations" in note and "the baseline and the 2 best by abs_rel" in note
+    whole, none = shown_per_scale(table, configs, "abs_rel", limit=6)
+    assert none is None and whole.equals(table)

@@ -275,10 +275,37 @@ def per_scale_table(data: SweepData, configs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["config", "name", "scale", "n", *METRIC_NAMES])
 
 
+# Configurations in the per-scale table and plot (a legend of 55 lines reads as none).
+PER_SCALE_SHOWN = 8
+
+
+def shown_per_scale(
+    table: pd.DataFrame, configs: pd.DataFrame, metric: str, limit: int = PER_SCALE_SHOWN
+) -> tuple[pd.DataFrame, str | None]:
+    """The per-scale rows to display and a note: all of them, or, past `limit` configurations,
+    the baseline and the best configurations by `metric` (their final, scale-0 value)."""
+    names = list(dict.fromkeys(table["config"]))
+    if len(names) <= limit:
+        return table, None
+    candidates = configs[configs["config"].isin(names)]
+    baseline = candidates[candidates["role"] == BASELINE].head(1)
+    best = views.top_points(candidates, metric, limit - len(baseline))
+    keep = set(baseline["config"]) | set(best["config"])
+    note = (
+        f"{len(names)} configurations were evaluated at several scales; shown are "
+        f"{'the baseline and ' if len(baseline) else ''}the {len(best)} best by {metric}. "
+        "per_scale.csv has them all."
+    )
+    return table[table["config"].isin(keep)], note
+
+
 def _per_scale(data: SweepData, configs: pd.DataFrame, folder: Path, plot: bool) -> Section:
     table = per_scale_table(data, configs)
     store.write_text_atomic(folder / "per_scale.csv", table.to_csv(index=False))
     section = Section("per-scale", "Per-scale comparison (Table 4)")
+    table, note = shown_per_scale(table, configs, data.metric)
+    if note:
+        section.notes.append(note)
     if not table.empty:
         view = views.scales_view(table)
         section.tables.append(Table(views.plain_html(view, "per-scale")))
