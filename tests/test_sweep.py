@@ -80,6 +80,7 @@ def test_quickstart_is_a_small_cpu_subset() -> None:
     for t in trials:
         assert t.config.data.dataset == "synthetic" and t.config.train.device == "cpu"
         assert not t.config.model.pretrained  # no download in the demo
+        assert t.config.eval.scales == (0, 1, 2, 3)  # the demo report shows Table 4's view
 
 
 def test_table2_grid_ids_follow_the_sorted_axis_product() -> None:
