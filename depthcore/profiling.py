@@ -8,8 +8,6 @@ CUDA the launch overhead that the graph removes is not in the kernel times eithe
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from depthcore.store import atomic_path
 
 # First match wins; an operator matching none is element-wise or other small work.
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -69,7 +69,8 @@ def profile_steps(
             if cuda:
                 torch.cuda.synchronize(device)
     if trace is not None:
-        _write_trace(prof, trace)
+        with atomic_path(trace) as tmp:
+            prof.export_chrome_trace(str(tmp))
     ops = dict(_self_times(prof, cuda))
     return summarise(ops, steps=steps, rows=rows, clock="CUDA kernels" if cuda else "CPU")
 
@@ -111,18 +112,6 @@ def summarise(
             for kind, us in sorted(kinds.items(), key=lambda item: -item[1])
         ],
     }
-
-
-def _write_trace(prof: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def format_profile(res: dict[str, Any]) -> str:
