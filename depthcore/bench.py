@@ -250,22 +250,19 @@ def _step_command(
 
 
 def step_in_process(
-    step_argv: Sequence[str], variant: Variant, *, breakdown: bool = True
+    step_argv: Sequence[str], variant: Variant, *, breakdown: bool = True, **extra: Any
 ) -> dict[str, Any]:
-    """`bench_step` of one variant in a fresh Python process: its StepResult as a dict, or
-    {"variant", "error"} if it failed."""
-    proc = subprocess.run(
-        _step_command(step_argv, variant, breakdown), capture_output=True, text=True
-    )
+    """`bench_step` of one variant in a fresh Python process (`profile_variant` with `extra`
+    profile settings): its result as a dict, or {"variant", "error"} if it failed."""
+    cmd = _step_command(step_argv, variant, breakdown, **extra)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     return _step_output(variant, proc.returncode, proc.stdout, proc.stderr)
 
 
 def profile_in_process(step_argv: Sequence[str], rows: int, trace: Path | None) -> dict[str, Any]:
     """`profile_variant` of the fast path in a fresh Python process, or {"error"}."""
-    extra = {"profile": rows, "trace": None if trace is None else str(trace)}
-    cmd = _step_command(step_argv, FAST, breakdown=False, **extra)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    return _step_output(FAST, proc.returncode, proc.stdout, proc.stderr)
+    trace_arg = None if trace is None else str(trace)
+    return step_in_process(step_argv, FAST, breakdown=False, profile=rows, trace=trace_arg)
 
 
 def _step_output(variant: Variant, code: int, stdout: str, stderr: str) -> dict[str, Any]:
@@ -535,11 +532,8 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
     out["data_samples_per_s"] = {"cache": cached, "decode": decoded, "speedup": cached / decoded}
     if options.get("pack", 1) > 1:
         out["pack"] = bench_pack(options["argv"], options["pack"])
-    if options.get("profile"):
-        trace = options.get("trace")
-        out["profile"] = profile_in_process(
-            options["argv"], options["profile"], None if trace is None else Path(trace)
-        )
+    if rows is not None:
+        out["profile"] = profile_in_process(options["argv"], rows, options.get("trace"))
     return out
 
 
