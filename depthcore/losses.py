@@ -8,7 +8,8 @@ error is computed per channel and averaged over channels, as in Monodepth2:
 - ssim_a:   w_mae·|I − I'| + w_l·(1 − L) + w_c·(1 − C) + w_s·(1 − (1 + S)/2)
 - l1:       |I − I'|
 
-All loss arithmetic runs in float32 (float64 stays float64) with autocast disabled.
+All loss arithmetic runs in float32 (float64 stays float64) with autocast disabled; the
+smoothness term's image pyramid is Monodepth2's chained 8-bit Lanczos resize (`depthcore.resample`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 from depthcore.config import LossConfig
 from depthcore.errors import ConfigError
 from depthcore.geometry import disp_to_depth, warp_many
+from depthcore.resample import lanczos_pyramid
 from depthcore.ssim import ssim_components, ssim_map, window_statistics
 from depthcore.tensors import upcast
 
@@ -212,15 +214,13 @@ def _full_res_depth(
     return disp_to_depth(disp, min_depth, max_depth)[1]
 
 
-def _scaled_target(target: Tensor, size: tuple[int, int]) -> Tensor:
-    # Monodepth2 builds a PIL Lanczos pyramid (chained); antialiased bilinear is our stand-in.
-    if target.shape[-2:] == size:
-        return target
-    return F.interpolate(target, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
-def _smooth_term(disp: Tensor, target: Tensor, scale: int, loss: LossConfig) -> Tensor:
-    image = _scaled_target(target, tuple(disp.shape[-2:]))
+def _smooth_term(disp: Tensor, image: Tensor, scale: int, loss: LossConfig) -> Tensor:
+    if image.shape[-2:] != disp.shape[-2:]:
+        raise ConfigError(
+            f"disparity of scale {scale} is {tuple(disp.shape[-2:])}, but the image pyramid's "
+            f"level {scale} is {tuple(image.shape[-2:])} (H // 2^s, W // 2^s); image height and "
+            "width must be multiples of 32"
+        )
     return loss.smoothness * smoothness_loss(normalise_disp(disp), image) / (2**scale)
 
 
@@ -340,6 +340,8 @@ def compute_losses(
         stats = None
         if identity_once and loss.photometric != "l1":
             stats = window_statistics(target, loss.ssim_window)
+        # Monodepth2's chained 8-bit Lanczos pyramid, for the smoothness term.
+        pyramid = lanczos_pyramid(target, max(disps) + 1)
         per_scale, photo, smooth, masks = {}, [], [], []
         for scale in sorted(disps):
             disp = upcast(disps[scale])
@@ -358,7 +360,7 @@ def compute_losses(
                     _noise_shape(b, n_frames - 1, h, w, loss), reproj, generator
                 )
             photo_s, mask_s = combine_reprojection(reproj, identity, noise, loss)
-            smooth_s = _smooth_term(disp, target, scale, loss)
+            smooth_s = _smooth_term(disp, pyramid[scale], scale, loss)
             per_scale[scale] = photo_s + smooth_s
             photo.append(photo_s.detach())
             smooth.append(smooth_s.detach())

@@ -22,6 +22,7 @@ from depthcore.losses import (
     photometric_error,
     smoothness_loss,
 )
+from depthcore.resample import lanczos_pyramid
 from depthcore.ssim import window_statistics
 
 KINDS = ("standard", "ssim_m", "ssim_a", "l1")
@@ -333,13 +334,23 @@ def test_total_is_mean_over_scales_of_photometric_plus_weighted_smoothness() -> 
     no_smooth, _ = _run(batch, LossConfig(smoothness=0.0), identity_once=True)
     torch.testing.assert_close(terms.total, terms.photometric + terms.smoothness)
     torch.testing.assert_close(terms.total, sum(terms.per_scale.values()) / 4)
-    target = batch["images"][:, 0]
+    # Monodepth2's smoothness images: the chained 8-bit Lanczos pyramid (tests/test_resample.py).
+    pyramid = lanczos_pyramid(batch["images"][:, 0], 4)
     expected = 0.0
     for s, disp in batch["disps"].items():
-        img = target if s == 0 else F.interpolate(target, disp.shape[-2:], mode="area")
-        expected += 1e-3 * smoothness_loss(normalise_disp(disp), img) / 2**s / 4
-    # The loss downsamples with antialiased bilinear; box (area) averaging is close but not equal.
-    assert (terms.total - no_smooth.total).item() == pytest.approx(expected.item(), rel=0.05)
+        expected += 1e-3 * smoothness_loss(normalise_disp(disp), pyramid[s]) / 2**s / 4
+    assert (terms.total - no_smooth.total).item() == pytest.approx(expected.item(), rel=1e-5)
+    # A box-filtered stand-in gives a different smoothness term: the pyramid is really used.
+    boxed = sum(
+        1e-3
+        * smoothness_loss(
+            normalise_disp(disp), F.interpolate(pyramid[0], disp.shape[-2:], mode="area")
+        )
+        / 2**s
+        / 4
+        for s, disp in batch["disps"].items()
+    )
+    assert (terms.total - no_smooth.total).item() != pytest.approx(boxed.item(), rel=1e-3)
 
 
 def _plane_disp(depth: float, dtype: torch.dtype = torch.float64) -> dict[int, torch.Tensor]:
