@@ -33,7 +33,7 @@ from depthcore.data import (
 )
 from depthcore.data.augment import apply_jitter
 from depthcore.errors import ConfigError, TrainingError
-from depthcore.evaluate import Evaluation, Predictions, evaluate_predictions, predict
+from depthcore.evaluate import Evaluation, Predictions, evaluate_model
 from depthcore.hostmem import keep_freed_memory
 from depthcore.losses import LossTerms, compute_losses
 from depthcore.metrics import METRIC_NAMES
@@ -535,7 +535,7 @@ def _end_epoch(run: _Run, record: dict[str, Any]) -> None:
     cfg, prog = run.cfg, run.prog
     metrics: dict[str, float] = {}
     if cfg.eval.every_epoch or prog.epoch == cfg.train.epochs:
-        evaluation = _evaluate(run, scales=(0,), keep_rgb=0)[1]
+        evaluation = _evaluate(run, scales=(0,), keep=0)[0]
         metrics = evaluation.metrics_by_scale[0]
     ckpt_dir = save_checkpoint(run.run_dir, run.rt, run.optimizer, prog)
     line = {
@@ -556,23 +556,22 @@ def _end_epoch(run: _Run, record: dict[str, Any]) -> None:
         run.report({**line, "checkpoint_dir": str(ckpt_dir)})
 
 
-def _evaluate(run: _Run, scales: tuple[int, ...], keep_rgb: int) -> tuple[Predictions, Evaluation]:
-    loader = build_test_loader(run.cfg, run.paths)
-    preds = predict(
+def _evaluate(run: _Run, scales: tuple[int, ...], keep: int) -> tuple[Evaluation, Predictions]:
+    return evaluate_model(
         run.rt.models,
-        loader,
+        build_test_loader(run.cfg, run.paths),
+        run.gts,
         model_cfg=run.cfg.model,
+        eval_cfg=run.cfg.eval,
         scales=scales,
         device=run.rt.device,
-        post_process=run.cfg.eval.post_process,
-        keep_rgb=keep_rgb,
+        keep=keep,
     )
-    return preds, evaluate_predictions(preds, run.gts, run.cfg.eval)
 
 
 def _finish(run: _Run) -> dict[str, Any]:
     cfg, run_dir = run.cfg, run.run_dir
-    preds, evaluation = _evaluate(run, scales=cfg.eval.scales, keep_rgb=cfg.eval.save_predictions)
+    evaluation, preds = _evaluate(run, scales=cfg.eval.scales, keep=cfg.eval.save_predictions)
     _write_per_image(run_dir, evaluation)
     _write_predictions(run_dir, preds, cfg.eval.save_predictions)
     final = {

@@ -25,11 +25,12 @@ from depthcore.networks import Models, predict_depth
 
 @dataclass
 class Predictions:
-    """Scaled disparities (disp_to_depth's first output) at network resolution, per scale."""
+    """The first test images and their scaled disparities (disp_to_depth's first output) at
+    network resolution, per scale: what a run keeps for figures."""
 
-    disp: dict[int, list[np.ndarray]]  # scale -> one (H, W) float32 array per image, in split order
-    rgb: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 of the first images
-    index: list[int] = field(default_factory=list)  # split line of each prediction
+    disp: dict[int, list[np.ndarray]]  # scale -> one (H, W) float32 array per kept image
+    rgb: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 of the kept images
+    index: list[int] = field(default_factory=list)  # split line of each kept image
 
 
 @dataclass
@@ -57,35 +58,71 @@ def post_process_disparity(disp: torch.Tensor, disp_flipped: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def predict(
+def evaluate_model(
     models: Models,
     batches: Iterable[dict[str, torch.Tensor]],
+    gts: Sequence[np.ndarray],
     *,
     model_cfg: ModelConfig,
+    eval_cfg: EvalConfig,
     scales: Sequence[int],
     device: torch.device,
-    post_process: bool = False,
-    keep_rgb: int = 0,
-) -> Predictions:
-    """Run the depth network over test batches ({"color": uint8 (B,3,H,W), "index": (B,)}).
+    keep: int = 0,
+) -> tuple[Evaluation, Predictions]:
+    """Run the depth network over test batches ({"color": uint8 (B,3,H,W), "index": (B,)}) and
+    evaluate each batch as it comes, so that only the first `keep` predictions are held (every
+    prediction of the 697 Eigen images at four scales would be 1.4 GB).
 
     Always in float32: the metrics must not depend on the training's speed switches (bf16
-    autocast rounds every activation to 8 significant bits)."""
+    autocast rounds every activation to 8 significant bits). Images without valid ground truth
+    are left out of the metrics.
+    """
     was_training = models.training
     models.eval()
-    out = Predictions(disp={s: [] for s in scales})
+    kept = Predictions(disp={s: [] for s in scales})
+    rows: dict[int, list[dict[str, float | int]]] = {s: [] for s in scales}
+    seen = 0
     for batch in batches:
         color = batch["color"].to(device, non_blocking=True)
         images = color.float().div_(255)
-        disps = _predict_scaled(models, images, model_cfg, scales, post_process)
+        disps = _predict_scaled(models, images, model_cfg, scales, eval_cfg.post_process)
+        index = [int(i) for i in batch["index"].tolist()]
+        seen += len(index)
         for s in scales:
-            out.disp[s].extend(d[0] for d in disps[s].float().cpu().numpy())
-        for i, idx in enumerate(batch["index"].tolist()):
-            out.index.append(int(idx))
-            if len(out.rgb) < keep_rgb:
-                out.rgb.append(color[i].permute(1, 2, 0).cpu().numpy())
+            disp_s = disps[s][:, 0].float().cpu().numpy()
+            rows[s].extend(_scale_rows(disp_s, index, s, gts, eval_cfg))
+            kept.disp[s].extend(disp_s[: keep - len(kept.index)].copy())  # not the batch
+        room = keep - len(kept.index)
+        kept.index.extend(index[:room])
+        kept.rgb.extend(c.permute(1, 2, 0).cpu().numpy() for c in color[:room])
     models.train(was_training)
+    if not seen:
+        raise ValueError("no test images to evaluate")
+    return _summarise(rows), kept
+
+
+def _scale_rows(
+    disps: np.ndarray,
+    index: Sequence[int],
+    scale: int,
+    gts: Sequence[np.ndarray],
+    eval_cfg: EvalConfig,
+) -> list[dict[str, float | int]]:
+    out: list[dict[str, float | int]] = []
+    for idx, disp in zip(index, disps, strict=True):
+        res = _image_errors(disp, gts[idx], eval_cfg)
+        if res is not None:
+            out.append({"image": idx, "scale": scale, **res})
     return out
+
+
+def _summarise(rows: dict[int, list[dict[str, float | int]]]) -> Evaluation:
+    per_image = [row for s in sorted(rows) for row in rows[s]]
+    return Evaluation(
+        metrics_by_scale={s: mean_errors(scale_rows) for s, scale_rows in rows.items()},
+        per_image=per_image,
+        n_images=len({row["image"] for row in per_image}),
+    )
 
 
 def _predict_scaled(
@@ -107,26 +144,6 @@ def _predict_scaled(
             disp = post_process_disparity(disp[:n], disp[n:])
         out[s] = disp
     return out
-
-
-def evaluate_predictions(
-    preds: Predictions, gts: Sequence[np.ndarray], eval_cfg: EvalConfig
-) -> Evaluation:
-    """Eigen-protocol metrics of every scale; images without valid ground truth are left out."""
-    if not preds.index:
-        raise ValueError("no predictions to evaluate")
-    by_scale: dict[int, dict[str, float]] = {}
-    rows: list[dict[str, float | int]] = []
-    for s, disps in preds.disp.items():
-        scale_rows = []
-        for idx, disp in zip(preds.index, disps, strict=True):
-            res = _image_errors(disp, gts[idx], eval_cfg)
-            if res is not None:
-                scale_rows.append({"image": idx, "scale": s, **res})
-        by_scale[s] = mean_errors(scale_rows)
-        rows.extend(scale_rows)
-    n_images = len({row["image"] for row in rows})
-    return Evaluation(metrics_by_scale=by_scale, per_image=rows, n_images=n_images)
 
 
 def _image_errors(
@@ -169,12 +186,13 @@ def evaluate_weights(
     device = resolve_device(cfg.train.device)
     models.to(device)
     paths = resolve_data(cfg, train=False)
-    preds = predict(
+    evaluation, _ = evaluate_model(
         models,
         build_test_loader(cfg, paths),
+        load_gt_depths(paths.gt_path),
         model_cfg=cfg.model,
+        eval_cfg=cfg.eval,
         scales=scales,
         device=device,
-        post_process=cfg.eval.post_process,
     )
-    return evaluate_predictions(preds, load_gt_depths(paths.gt_path), cfg.eval), cfg
+    return evaluation, cfg

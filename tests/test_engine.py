@@ -189,7 +189,7 @@ def test_short_cpu_training_learns_depth_on_synthetic_drives(tiny_overrides, tmp
     x0.01), so Monodepth2's 0.1 would clamp everything nearer than ~10 m in so short a run.
     """
     from depthcore.data import build_test_loader, load_gt_depths, resolve_data
-    from depthcore.evaluate import evaluate_predictions, predict
+    from depthcore.evaluate import evaluate_model
 
     overrides = [o for o in tiny_overrides if not o.startswith(("train.", "eval.max", "optim.b"))]
     cfg = load_config(
@@ -210,10 +210,10 @@ def test_short_cpu_training_learns_depth_on_synthetic_drives(tiny_overrides, tmp
     paths = resolve_data(cfg)
     engine.seed_everything(cfg.train.seed)  # the same initial networks as the run below
     untrained = engine.build_runtime(cfg, torch.device("cpu")).models
-    preds = predict(untrained, build_test_loader(cfg, paths), model_cfg=cfg.model, scales=(0,),
-                    device=torch.device("cpu"))  # fmt: skip
-    before = evaluate_predictions(preds, load_gt_depths(paths.gt_path), cfg.eval)
-    before = before.metrics_by_scale[0]
+    before = evaluate_model(
+        untrained, build_test_loader(cfg, paths), load_gt_depths(paths.gt_path),
+        model_cfg=cfg.model, eval_cfg=cfg.eval, scales=(0,), device=torch.device("cpu"),
+    )[0].metrics_by_scale[0]  # fmt: skip
 
     after = engine.train(cfg, tmp_path, progress=False)["metrics"]
     losses = [
@@ -224,3 +224,36 @@ def test_short_cpu_training_learns_depth_on_synthetic_drives(tiny_overrides, tmp
     # abs_rel and rmse_log are not asserted: this early they move either way from seed to seed
     # (one of them got worse in 2 of those 4 runs), and with float rounding alone.
     assert after["a1"] > before["a1"] + 0.05
+
+
+def test_evaluation_streams_batches_and_keeps_only_the_first_predictions(tiny_overrides) -> None:
+    """Metrics do not depend on the evaluation batch size; `keep` spans batches and holds the
+    first images' predictions only, equal to an evaluation that keeps them all."""
+    from depthcore.data import build_test_loader, load_gt_depths, resolve_data
+    from depthcore.evaluate import evaluate_model
+
+    cfg = load_config(None, [*tiny_overrides, "eval.max_images=7", "model.scales=[0,1]"])
+    paths = resolve_data(cfg, train=False)
+    models = engine.build_runtime(cfg, torch.device("cpu")).models
+    gts = load_gt_depths(paths.gt_path)
+
+    def run(batch_size: int, keep: int):
+        c = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"batch_size": batch_size})})
+        return evaluate_model(
+            models, build_test_loader(c, paths), gts, model_cfg=c.model, eval_cfg=c.eval,
+            scales=(0, 1), device=torch.device("cpu"), keep=keep,
+        )  # fmt: skip
+
+    whole, all_preds = run(batch_size=7, keep=7)
+    streamed, kept = run(batch_size=2, keep=3)
+    assert streamed.metrics_by_scale.keys() == {0, 1} and streamed.n_images == whole.n_images
+    for s in (0, 1):
+        for name, value in whole.metrics_by_scale[s].items():
+            assert streamed.metrics_by_scale[s][name] == pytest.approx(value, rel=1e-6)
+    assert [r["image"] for r in streamed.per_image] == [r["image"] for r in whole.per_image]
+    assert kept.index == all_preds.index[:3] and len(kept.rgb) == 3
+    for s in (0, 1):
+        assert len(kept.disp[s]) == 3
+        for a, b in zip(kept.disp[s], all_preds.disp[s], strict=False):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert models.training  # evaluation restores the training mode
