@@ -32,7 +32,7 @@ bench: $(STAMP)
 # the GPU benchmark of the performance target with the compiled loss, 2 packed runs and a profile.
 bench-gpu:
 	$(PY) -m pytest -q -m gpu tests/test_gpu.py
-	$(PY) runners/bench.py --device cuda --size 192x640 --batch 8 --steps 30 --compile --pack 2 --profile 30
+	$(PY) runners/bench.py --device cuda --size 192x640 --batch 8 --steps 60 --compile --pack 2 --profile 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache

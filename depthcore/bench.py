@@ -1,8 +1,9 @@
 """Benchmarks of the training step, the loss and the data path (runners/bench.py).
 
 Every number is a median over timed repetitions after warm-up. The full step is data → forward →
-loss → backward → optimiser, timed end to end (synchronised per step). The breakdown times the
-same step with a synchronisation between phases. The *reference* path is the straightforward
+loss → backward → optimiser, timed end to end (synchronised per step); the sustained rate runs
+the same steps back to back with one synchronisation at the end, as the training loop does. The
+breakdown times the same step with a synchronisation between phases. The *reference* path is the straightforward
 Monodepth2 recipe: images decoded and resized for every sample (no frame cache), identity
 reprojection recomputed at every scale, one pooling call per SSIM statistic, one pose-network
 pass per frame pair, plain Adam, and on CPU the C allocator as it is. The *fast* path switches
@@ -81,7 +82,10 @@ class StepResult:
     step_ms: float
     breakdown_ms: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0
-    gpu_util_percent: float | None = None
+    gpu_util_percent: float | None = None  # CUDA: during the sustained steps
+    # Steps back to back without a synchronisation between them, as a training run loops (on
+    # CUDA the host queues the next step while the GPU runs this one): samples / elapsed.
+    sustained_samples_per_s: float = 0.0
     round_samples_per_s: list[float] = field(default_factory=list)  # set by _merge_rounds
     step_times_s: list[float] = field(default_factory=list)
 
@@ -193,6 +197,12 @@ def bench_step(
         _timed_step(step, rt.device, batches)
     with _Sampler(rt.device) as sampler:
         times = [_timed_step(step, rt.device, batches) for _ in range(steps)]
+    util = None
+    if rt.device.type == "cuda":
+        window = sustained_steps(step, rt.device, batches, steps)
+        sustained, util = steps * cfg.optim.batch_size / window.seconds, window.gpu_util
+    else:  # CPU work is synchronous: the timed steps already ran back to back
+        sustained = steps * cfg.optim.batch_size / sum(times)
     peak = _peak_memory_mb(rt.device, sampler.rss_mb)
     phases: list[dict[str, float]] = []
     if breakdown:
@@ -208,9 +218,58 @@ def bench_step(
         if phases
         else {},
         peak_memory_mb=peak,
-        gpu_util_percent=sampler.util,
+        gpu_util_percent=util,
+        sustained_samples_per_s=sustained,
         step_times_s=times,
     )
+
+
+@dataclass(frozen=True)
+class Window:
+    """A block of steps run back to back: wall-clock start and end (time.time(), comparable
+    between processes of one machine), its length and the GPU utilisation during it."""
+
+    start: float
+    end: float
+    seconds: float
+    gpu_util: float | None
+
+
+def sustained_steps(
+    step: StepFn, device: torch.device, batches: Iterator[dict[str, torch.Tensor]], steps: int
+) -> Window:
+    """`steps` steps with one synchronisation at the end, as the training loop runs them."""
+    _sync(device)
+    with _Sampler(device) as sampler:
+        start, wall = time.perf_counter(), time.time()
+        for _ in range(steps):
+            step(next(batches))
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return Window(start=wall, end=wall + seconds, seconds=seconds, gpu_util=sampler.util)
+
+
+def bench_packed(cfg: Config, variant: Variant, *, steps: int, warmup: int) -> dict[str, Any]:
+    """One of `bench_pack`'s processes: warm up, say READY, wait for GO on stdin, then time
+    `steps` sustained steps, so that the packed processes' timed windows coincide."""
+    cfg = _variant_config(cfg, variant)
+    rt, opt = _runtime(cfg)
+    step = make_step(rt, opt)
+    batches = _endless(build_train_loader(cfg, resolve_data(cfg)))
+    for _ in range(warmup):
+        _timed_step(step, rt.device, batches)
+    print(PACK_READY, flush=True)
+    if sys.stdin.readline().strip() != PACK_GO:
+        raise RuntimeError("packed benchmark: the parent process did not say GO")
+    window = sustained_steps(step, rt.device, batches, steps)
+    return {
+        "variant": variant.name,
+        "samples": steps * cfg.optim.batch_size,
+        **asdict(window),
+    }
+
+
+PACK_READY, PACK_GO = "READY", "GO"
 
 
 def profile_variant(
@@ -286,6 +345,7 @@ def _merge_rounds(results: list[dict[str, Any]], batch: int) -> dict[str, Any]:
         step_ms=1e3 * step_s,
         peak_memory_mb=max(r["peak_memory_mb"] for r in results),
         gpu_util_percent=statistics.fmean(utils) if utils else None,
+        sustained_samples_per_s=statistics.median(r["sustained_samples_per_s"] for r in results),
         round_samples_per_s=[r["samples_per_s"] for r in results],
     )
     del merged["step_times_s"]
@@ -451,26 +511,67 @@ def _nvml_reader(device: torch.device) -> Callable[[], float] | None:
 
 
 def bench_pack(step_argv: Sequence[str], n: int) -> dict[str, Any]:
-    """Run `n` fast-path step benchmarks at once on the same device (fractional-GPU packing, as
-    Ray's `resources: {gpu: 1/n}` would), each in its own process: combined samples/s."""
-    cmd = _step_command(step_argv, FAST, breakdown=False)
+    """Run `n` fast-path benchmarks at once on the same device (fractional-GPU packing, as
+    Ray's `resources: {gpu: 1/n}` would), each in its own process. All warm up first (setup,
+    compilation and graph capture take different times), then start their timed steps together;
+    combined samples/s = all samples / (last end - first start), and `overlap` is the share of
+    that span during which all of them were timing (near 1: the sum is honest)."""
+    cmd = _step_command(step_argv, FAST, breakdown=False, packed=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // n))}
     with contextlib.ExitStack() as stack:
         errs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(n)]
         procs = [
-            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=e, text=True, env=env)
+            subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=e, text=True, env=env
+            )
             for e in errs
         ]
-        outs = [p.communicate()[0] for p in procs]
+        ready = [_wait_ready(p) for p in procs]
+        for proc in procs:
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # it died since; its error says why
+                if all(ready):
+                    proc.stdin.write(PACK_GO + "\n")
+                proc.stdin.close()  # without GO a waiting process stops with an error
+        outs = [_rest_of_output(p) for p in procs]
         results = []
         for proc, out, err in zip(procs, outs, errs, strict=True):
             err.seek(0)
             results.append(_step_output(FAST, proc.returncode, out, err.read()))
-    failed = [r["error"] for r in results if "error" in r]
+    # The cause first: a process that never got ready, not the others it left waiting.
+    by_cause = sorted(zip(ready, results, strict=True), key=lambda pair: pair[0])
+    failed = [r["error"] for _, r in by_cause if "error" in r]
     if failed:
         return {"processes": n, "error": failed[0]}
-    per = [r["samples_per_s"] for r in results]
-    return {"processes": n, "samples_per_s_each": per, "combined_samples_per_s": sum(per)}
+    return combine_windows(results)
+
+
+def _wait_ready(proc: subprocess.Popen[str]) -> bool:
+    """Read the process's output up to its READY line; False if it ended first."""
+    assert proc.stdout is not None
+    return any(line.strip() == PACK_READY for line in proc.stdout)
+
+
+def _rest_of_output(proc: subprocess.Popen[str]) -> str:
+    # Not communicate(): it would flush the stdin this function's caller has closed.
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.wait()
+    return out
+
+
+def combine_windows(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Packed processes' sustained windows -> each one's samples/s and the combined rate."""
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    common = min(r["end"] for r in results) - max(r["start"] for r in results)
+    utils = [r["gpu_util"] for r in results if r["gpu_util"] is not None]
+    return {
+        "processes": len(results),
+        "samples_per_s_each": [r["samples"] / r["seconds"] for r in results],
+        "combined_samples_per_s": sum(r["samples"] for r in results) / span,
+        "overlap": max(0.0, common) / span,
+        "gpu_util_percent": statistics.fmean(utils) if utils else None,
+    }
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -549,7 +650,10 @@ def format_report(res: dict[str, Any]) -> str:
     lines = [
         f"device {res['device_name']}, {res['size'][0]}x{res['size'][1]}, batch {res['batch']}"
     ]
-    lines.append(f"{'full step':<30}{'samples/s':>10}{'ms/step':>9}{'peak MB':>9}{'GPU %':>7}")
+    lines.append(
+        f"{'full step':<30}{'samples/s':>10}{'ms/step':>9}{'sustained':>10}{'peak MB':>9}"
+        f"{'GPU %':>7}"
+    )
     ok = [s for s in res["steps"] if "error" not in s]
     for s in res["steps"]:
         if "error" in s:
@@ -558,8 +662,12 @@ def format_report(res: dict[str, Any]) -> str:
         util = "-" if s["gpu_util_percent"] is None else f"{s['gpu_util_percent']:.0f}"
         lines.append(
             f"{s['variant']:<30}{s['samples_per_s']:>10.1f}{s['step_ms']:>9.1f}"
-            f"{s['peak_memory_mb']:>9.0f}{util:>7}"
+            f"{s['sustained_samples_per_s']:>10.1f}{s['peak_memory_mb']:>9.0f}{util:>7}"
         )
+    lines.append(
+        "  (median of synchronised steps; sustained: samples/s of steps run back to back, as in"
+        " training; GPU %: during those)"
+    )
     if res.get("rounds", 1) > 1:
         lines.append(f"per round (samples/s, {res['rounds']} rounds alternating the variants):")
         for s in ok:
@@ -600,9 +708,11 @@ def format_report(res: dict[str, Any]) -> str:
     elif "pack" in res:
         pack = res["pack"]
         each = ", ".join(f"{v:.1f}" for v in pack["samples_per_s_each"])
+        util = pack["gpu_util_percent"]
         lines.append(
-            f"{pack['processes']} packed processes: {each} -> {pack['combined_samples_per_s']:.1f}"
-            " samples/s combined"
+            f"{pack['processes']} packed processes (sustained, started together): {each} -> "
+            f"{pack['combined_samples_per_s']:.1f} samples/s combined, timed windows overlap "
+            f"{100 * pack['overlap']:.0f} %" + ("" if util is None else f", GPU {util:.0f} %")
         )
     if "profile" in res and "error" in res["profile"]:
         lines.append(f"profile: failed: {res['profile']['error']}")
@@ -663,8 +773,11 @@ def _one_variant(args: Any) -> dict[str, Any]:
     spec = json.loads(args.variant)
     breakdown = spec.pop("breakdown")
     rows, trace = spec.pop("profile", None), spec.pop("trace", None)
+    packed = spec.pop("packed", False)
     h, w = parse_size(args.size)
     cfg = bench_config(args.device, h, w, args.batch, args.overrides)
+    if packed:
+        return bench_packed(cfg, Variant(**spec), steps=args.steps, warmup=args.warmup)
     if rows:
         path = None if trace is None else Path(trace)
         return profile_variant(

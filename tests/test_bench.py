@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from depthcore.bench import FAST, PHASES, _step_output, format_report, main, speedup
+from depthcore.bench import (
+    FAST,
+    PHASES,
+    _step_output,
+    _wait_ready,
+    combine_windows,
+    format_report,
+    main,
+    speedup,
+)
 from depthcore.cli import run_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +59,7 @@ def test_bench_reports_steps_rounds_loss_data_pack_and_profile(
         assert all(v > 0 for v in step["round_samples_per_s"])
         assert set(step["breakdown_ms"]) == set(PHASES)
         assert step["peak_memory_mb"] > 0
+        assert step["sustained_samples_per_s"] > 0
     up = res["step_speedup"]
     assert res["speedups"] == {"fast": up}
     assert up["min"] <= up["median"] <= up["max"]
@@ -57,7 +67,9 @@ def test_bench_reports_steps_rounds_loss_data_pack_and_profile(
     assert res["data_samples_per_s"]["cache"] > 0 and res["data_samples_per_s"]["decode"] > 0
     pack = res["pack"]
     assert pack["processes"] == 2 and len(pack["samples_per_s_each"]) == 2, pack
-    assert pack["combined_samples_per_s"] == pytest.approx(sum(pack["samples_per_s_each"]))
+    # Over the union of the two timed windows: at most the sum of the separate rates.
+    assert 0 < pack["combined_samples_per_s"] <= sum(pack["samples_per_s_each"]) * (1 + 1e-9)
+    assert 0 < pack["overlap"] <= 1
     prof = res["profile"]
     assert "error" not in prof, prof
     assert prof["clock"] == "CPU" and prof["steps"] == 2
@@ -76,7 +88,8 @@ def test_bench_reports_steps_rounds_loss_data_pack_and_profile(
         "fast / reference full step:",
         "loss alone (standard):",
         "data path alone: decode+resize",
-        "2 packed processes:",
+        "sustained",
+        "2 packed processes (sustained, started together):",
         "profile (fast path, eager, 2 steps, self time on CPU:",
         "convolution backward",
     )
@@ -123,3 +136,29 @@ def test_a_failing_variant_process_is_reported_not_raised() -> None:
         "variant": "fast",
         "samples_per_s": 2.0,
     }
+
+
+def test_packed_rate_is_all_samples_over_the_union_of_the_timed_windows() -> None:
+    # Two processes, 20 samples each, timed over [0, 10] s and [5, 15] s.
+    windows = [
+        {"samples": 20, "start": 100.0, "end": 110.0, "seconds": 10.0, "gpu_util": None},
+        {"samples": 20, "start": 105.0, "end": 115.0, "seconds": 10.0, "gpu_util": None},
+    ]
+    res = combine_windows(windows)
+    assert res["samples_per_s_each"] == [2.0, 2.0]
+    assert res["combined_samples_per_s"] == pytest.approx(40 / 15)  # not the sum, 4.0
+    assert res["overlap"] == pytest.approx(5 / 15)
+    assert res["gpu_util_percent"] is None
+    apart = [dict(windows[0]), {**windows[1], "start": 120.0, "end": 130.0}]
+    assert combine_windows(apart)["overlap"] == 0.0
+
+
+def test_a_packed_process_that_ends_before_ready_is_noticed() -> None:
+    code = "print('some warning'); print('READY', flush=True)"
+    ready = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    dead = subprocess.Popen(
+        [sys.executable, "-c", "print('no')"], stdout=subprocess.PIPE, text=True
+    )
+    assert _wait_ready(ready) and not _wait_ready(dead)
+    for proc in (ready, dead):
+        proc.communicate()
