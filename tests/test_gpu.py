@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ import torch
 from depthcore import engine
 from depthcore.config import load_config
 from depthcore.data import build_train_loader, resolve_data
+from depthcore.resample import lanczos_pyramid
 
 pytestmark = pytest.mark.gpu
 
@@ -75,3 +80,36 @@ def test_resume_on_cuda_continues_from_the_checkpoint(cuda_overrides, tmp_path) 
         engine.train(cfg, tmp_path, report=stop, progress=False)
     final = engine.train(cfg, tmp_path, progress=False)
     assert final["epochs"] == 2 and final["steps"] == 4
+
+
+def test_image_pyramid_on_cuda_equals_the_cpu_one_exactly(cuda_overrides) -> None:
+    # Float64 sums of 8-bit levels times 22-bit fixed-point weights are exact in any order.
+    levels = torch.randint(0, 256, (2, 3, 64, 192), generator=torch.Generator().manual_seed(0))
+    image = levels.float() / 255
+    on_cpu = lanczos_pyramid(image, 4)
+    on_cuda = lanczos_pyramid(image.cuda(), 4)
+    for a, b in zip(on_cpu, on_cuda, strict=True):
+        assert torch.equal(a, b.cpu())
+
+
+def test_cuda_benchmark_reports_sustained_rate_utilisation_and_packing(
+    cuda_overrides, synthetic_cache, tmp_path
+) -> None:
+    sets = [o for o in cuda_overrides if o.startswith(("data.synthetic", "data.cache_dir"))]
+    args = ["--device", "cuda", "--size", "64x192", "--batch", "2", "--steps", "20"]
+    args += ["--warmup", "3", "--data-batches", "2", "--pack", "2", "--json"]
+    for kv in sets:
+        args += ["--set", kv]
+    bench = Path(__file__).resolve().parent.parent / "runners" / "bench.py"
+    proc = subprocess.run(
+        [sys.executable, str(bench), *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    for step in res["steps"]:
+        assert "error" not in step, step
+        assert step["sustained_samples_per_s"] > 0
+        assert step["gpu_util_percent"] is not None
+    pack = res["pack"]
+    assert "error" not in pack, pack
+    assert 0 < pack["overlap"] <= 1 and pack["combined_samples_per_s"] > 0
