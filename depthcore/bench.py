@@ -3,11 +3,11 @@
 Every number is a median over timed repetitions after warm-up. The full step is data → forward →
 loss → backward → optimiser, timed end to end (synchronised per step); the sustained rate runs
 the same steps back to back with one synchronisation at the end, as the training loop does. The
-breakdown times the same step with a synchronisation between phases. The *reference* path is the straightforward
-Monodepth2 recipe: images decoded and resized for every sample (no frame cache), identity
-reprojection recomputed at every scale, one pooling call per SSIM statistic, one pose-network
-pass per frame pair, plain Adam, and on CPU the C allocator as it is. The *fast* path switches
-all of these speed-ups on; `--ablate` times the main ones alone.
+breakdown times the same step with a synchronisation between phases. The *reference* path is
+the straightforward Monodepth2 recipe: images decoded and resized for every sample (no frame
+cache), identity reprojection recomputed at every scale, one pooling call per SSIM statistic,
+one pose-network pass per frame pair, plain Adam, and on CPU the C allocator as it is. The
+*fast* path switches all of these speed-ups on; `--ablate` times the main ones alone.
 Every timed variant runs in a fresh process: process-wide state (the C allocator's settings,
 compiled-code caches, the CUDA caching allocator) never carries over from one variant to the
 next. With several rounds the variants alternate (A B A B ...) and the speed-up is the median
@@ -67,6 +67,7 @@ class Variant:
     graph: bool = True  # the step as one CUDA graph; CUDA only
     compile: str = "none"  # train.compile: none | loss | networks | all
     host_memory: str = "keep"  # train.host_memory: keep | system; CPU only
+    pose_stream: bool = False  # train.pose_stream; CUDA only
 
 
 REFERENCE = Variant(
@@ -119,6 +120,7 @@ def _variant_config(cfg: Config, variant: Variant) -> Config:
         "compile": variant.compile,
         "loss_impl": "fast" if variant.fast else "reference",
         "host_memory": variant.host_memory,
+        "pose_stream": variant.pose_stream,
     }
     return _with(cfg, data={"cache": variant.cache}, train=train)
 
@@ -607,6 +609,8 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
             variants.append(Variant("fast-system-malloc", host_memory="system"))
     if options.get("compile"):
         variants.append(Variant(f"fast+compile={options['compile']}", compile=options["compile"]))
+    if options["device"] == "cuda":  # off by default until a GPU measurement shows its gain
+        variants.append(Variant("fast+pose-stream", pose_stream=True))
     out: dict[str, Any] = {
         "device": options["device"],
         "device_name": _device_name(cfg),

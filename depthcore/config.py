@@ -218,6 +218,11 @@ class TrainConfig(_Section):
     cuda_graph: bool = Field(
         True, description="CUDA + fast path: replay the whole step as one captured CUDA graph"
     )
+    pose_stream: bool = Field(
+        False,
+        description="CUDA + fast path: run the pose network on a second CUDA stream, concurrently "
+        "with the depth network (forward and backward; same result)",
+    )
     deterministic: bool = Field(False, description="cudnn.deterministic (slower on CUDA)")
     host_memory: Literal["keep", "system"] = Field(
         "keep",
@@ -319,6 +324,7 @@ _NON_IDENTITY_KEYS = (
     ("train", "device"),
     ("train", "compile"),
     ("train", "cuda_graph"),
+    ("train", "pose_stream"),
     ("train", "loss_impl"),
     ("train", "host_memory"),
     ("train", "log_every"),

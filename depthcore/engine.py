@@ -97,6 +97,7 @@ class Runtime:
     fast: bool = True  # identity reprojection once per batch, stacked pooling, batched pose net
     graph: bool = False  # replay the step as a captured CUDA graph (CUDA + fast path)
     compiled_loss: bool = False  # the photometric error through torch.compile (fast path)
+    pose_stream: Any = None  # a torch.cuda.Stream for the pose network (train.pose_stream)
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -165,9 +166,36 @@ def loss_forward(
 def forward_losses(rt: Runtime, batch: dict[str, torch.Tensor]) -> LossTerms:
     """Depth and pose forward passes on augmented frames, then the losses on raw frames."""
     images, images_aug = prepare_images(rt, batch)
-    disps = depth_forward(rt, images_aug)
-    poses = pose_forward(rt, images_aug)
+    if rt.pose_stream is not None:
+        disps, poses = concurrent_forward(rt, images_aug, rt.pose_stream)
+    else:
+        disps = depth_forward(rt, images_aug)
+        poses = pose_forward(rt, images_aug)
     return loss_forward(rt, batch, images, disps, poses)
+
+
+def concurrent_forward(
+    rt: Runtime, images_aug: torch.Tensor, side: Any
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """The pose network on stream `side` while the depth network runs on the current stream.
+
+    The two networks are independent, and at batch 8 neither fills a large GPU. Autograd runs
+    each backward operation on its forward operation's stream, so the backward passes overlap
+    too, and synchronises the streams before backward() returns. Inside a CUDA graph capture
+    the fork (side waits for the current stream) and the join make two parallel branches.
+    """
+    main = torch.cuda.current_stream(rt.device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        poses = pose_forward(rt, images_aug)
+    disps = depth_forward(rt, images_aug)
+    main.wait_stream(side)
+    # Cross-stream use: the caching allocator must not hand these blocks out again before the
+    # other stream is done with them.
+    images_aug.record_stream(side)
+    for pose in poses.values():
+        pose.record_stream(main)
+    return disps, poses
 
 
 def optimiser_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -445,9 +473,10 @@ def build_runtime(cfg: Config, device: torch.device) -> Runtime:
     # A compiled loss is compiled during the graph's warm-up steps and captured with the rest
     # (tests/test_gpu.py); capturing compiled networks is not supported here.
     graph = cfg.train.cuda_graph and cuda and fast and cfg.train.compile in ("none", "loss")
+    pose_stream = torch.cuda.Stream(device) if cfg.train.pose_stream and cuda and fast else None
     return Runtime(
         cfg=cfg, models=models, device=device, amp=amp, fast=fast, graph=graph,
-        compiled_loss=compiled_loss,
+        compiled_loss=compiled_loss, pose_stream=pose_stream,
     )  # fmt: skip
 
 

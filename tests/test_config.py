@@ -100,6 +100,8 @@ def test_identity_ignores_unused_weights_speed_keys_and_locations() -> None:
         "train.device=cpu",
         "train.loss_impl=reference",
         "train.host_memory=system",
+        "train.pose_stream=true",
+        "train.cuda_graph=false",
         "data.root=/somewhere/else",
     ]
     assert load_config(None, same).run_id() == base.run_id()

@@ -257,3 +257,9 @@ def test_evaluation_streams_batches_and_keeps_only_the_first_predictions(tiny_ov
         for a, b in zip(kept.disp[s], all_preds.disp[s], strict=False):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert models.training  # evaluation restores the training mode
+
+
+def test_pose_stream_is_a_cuda_switch(tiny_overrides) -> None:
+    # On the CPU there are no streams: the setting is ignored, as train.amp is.
+    cfg = load_config(None, [*tiny_overrides, "train.pose_stream=true"])
+    assert engine.build_runtime(cfg, torch.device("cpu")).pose_stream is None

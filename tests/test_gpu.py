@@ -41,14 +41,26 @@ def _steps(cfg, graph: bool, batches: list[dict]) -> tuple[list[float], dict, di
     return losses, start, _params(rt.models)
 
 
-@pytest.mark.parametrize("compile_", ["none", "loss"])
-def test_graphed_step_trains_like_the_eager_step(cuda_overrides, compile_: str) -> None:
-    overrides = ["train.amp=false", "data.augment=true", f"train.compile={compile_}"]
-    cfg = load_config(None, [*cuda_overrides, *overrides])
+@pytest.mark.parametrize(
+    ("setting", "graph"),
+    [
+        ("train.compile=none", True),
+        ("train.compile=loss", True),
+        ("train.pose_stream=true", True),
+        ("train.pose_stream=true", False),
+    ],
+)
+def test_fast_step_variants_train_like_the_plain_eager_step(
+    cuda_overrides, setting: str, graph: bool
+) -> None:
+    """A captured graph, a compiled loss inside it, and the pose network on its own stream
+    (eager or captured) all train as the plain eager step does."""
+    plain = [*cuda_overrides, "train.amp=false", "data.augment=true"]
+    cfg = load_config(None, [*plain, setting])
     loader = build_train_loader(cfg, resolve_data(cfg))
     batches = [b for _, b in zip(range(3), loader, strict=False)]
-    eager_losses, start, eager_w = _steps(cfg, False, batches)
-    graph_losses, graph_start, graph_w = _steps(cfg, True, batches)
+    eager_losses, start, eager_w = _steps(load_config(None, plain), False, batches)
+    graph_losses, graph_start, graph_w = _steps(cfg, graph, batches)
     assert graph_losses == pytest.approx(eager_losses, rel=1e-4)
     # Adam's normalised steps amplify rounding differences (fused vs capturable Adam, cuDNN
     # algorithms) for near-zero gradients, so compare each tensor's update as a whole: a graph
