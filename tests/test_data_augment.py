@@ -1,29 +1,42 @@
-"""Augmentation: torchvision-equivalent colour jitter, per-sample draws independent of workers."""
+"""Augmentation: Monodepth2's colour jitter (torchvision on PIL images, pixel for pixel),
+per-sample draws independent of workers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import torchvision.transforms.v2.functional as TF
+import torchvision.transforms.functional as TF
+from PIL import Image
 
 from depthcore.config import load_config
 from depthcore.data import build_train_loader, resolve_data
 from depthcore.data.augment import apply_jitter, apply_jitter_masked, draw_augment
 from depthcore.data.kitti import MONODEPTH2_K, scaled_intrinsics
 
-TV_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+# What Monodepth2's loader calls: torchvision's ColorJitter ops on a PIL image (Pillow inside).
+PIL_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 
 
 def _images(b: int = 4, f: int = 3) -> torch.Tensor:
+    """8-bit frames divided by 255, as the loader makes them, with grey, saturated and black
+    pixels (edge cases of the HSV conversion)."""
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(b, f, 3, 12, 20, generator=gen)
-    images[0, :, :, :4, :4] = 0.5  # grey pixels (undefined hue)
-    images[1, :, 0, :3] = 1.0  # saturated red rows
-    return images
+    levels = torch.randint(0, 256, (b, f, 3, 12, 20), generator=gen)
+    levels[0, :, :, :4, :4] = 128  # grey pixels (undefined hue)
+    levels[1, :, 0, :3] = 255  # saturated red rows
+    levels[-1, :, :, -2:] = 0  # black rows
+    return levels.float() / 255
 
 
-def test_apply_jitter_matches_torchvision() -> None:
+def _pil_jitter(frame: torch.Tensor, ops: list[int], factors: torch.Tensor) -> torch.Tensor:
+    image = Image.fromarray(torch.round(frame * 255).byte().permute(1, 2, 0).numpy())
+    for op in ops:
+        image = PIL_OPS[op](image, float(factors[op]))
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+
+
+def test_apply_jitter_equals_torchvision_on_pil_images() -> None:
     images = _images()
     jitter = torch.tensor(
         [
@@ -38,11 +51,8 @@ def test_apply_jitter_matches_torchvision() -> None:
     out = apply_jitter(images, jitter, order, do)
     for b in range(4):
         for f in range(3):
-            ref = images[b, f]
-            if do[b]:
-                for op in order[b].tolist():
-                    ref = TV_OPS[op](ref, float(jitter[b, op]))
-            assert torch.allclose(out[b, f], ref, atol=2e-6), (b, f)
+            ops = order[b].tolist() if do[b] else []
+            assert torch.equal(out[b, f], _pil_jitter(images[b, f], ops, jitter[b])), (b, f)
     assert torch.equal(out[2], images[2])  # do_jitter False: untouched
 
 
@@ -62,17 +72,30 @@ def test_sync_free_jitter_equals_the_indexed_one() -> None:
 
 
 @pytest.mark.parametrize("op", range(4))
-def test_each_op_matches_torchvision(op: int) -> None:
-    images = _images(2, 1)
-    factor = 0.08 if op == 3 else 1.17
-    jitter = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(2, 1)
-    jitter[:, op] = factor
-    order = torch.tensor([[op, *[o for o in range(4) if o != op]]]).repeat(2, 1)
-    out = apply_jitter(images, jitter, order, torch.tensor([True, True]))
-    ref = images[:, 0]
-    for other in order[0].tolist():
-        ref = torch.stack([TV_OPS[other](img, float(jitter[0, other])) for img in ref])
-    assert torch.allclose(out[:, 0], ref, atol=2e-6)
+@pytest.mark.parametrize("seed", range(3))
+def test_each_op_equals_pillow_over_its_whole_range(op: int, seed: int) -> None:
+    """Factors well outside Monodepth2's ranges too: clipping, truncation and hue wrap-around."""
+    gen = torch.Generator().manual_seed(seed)
+    images = (torch.randint(0, 256, (6, 1, 3, 16, 24), generator=gen).float()) / 255
+    if op == 3:
+        factors = torch.empty(6).uniform_(-0.5, 0.5, generator=gen)
+    else:
+        factors = torch.empty(6).uniform_(0.0, 3.0, generator=gen)
+    jitter = torch.tensor([1.0, 1.0, 1.0, 0.0]).repeat(6, 1)
+    jitter[:, op] = factors
+    order = torch.tensor([[op, *[o for o in range(4) if o != op]]]).repeat(6, 1)
+    out = apply_jitter(images, jitter, order, torch.ones(6, dtype=torch.bool))
+    for b in range(6):  # all four ops, as ColorJitter: even hue 0 is an HSV round trip
+        assert torch.equal(out[b, 0], _pil_jitter(images[b, 0], order[b].tolist(), jitter[b])), b
+
+
+def test_jitter_on_levels_differs_from_float_jitter() -> None:
+    # Guard against a silent float fallback: Pillow truncates, so brightness x1.1 of level 1
+    # stays 1 (1.1 -> 1), where a float jitter would give 1.1/255.
+    images = torch.full((1, 1, 3, 2, 2), 1 / 255)
+    jitter = torch.tensor([[1.1, 1.0, 1.0, 0.0]])
+    out = apply_jitter(images, jitter, torch.arange(4)[None], torch.tensor([True]))
+    assert torch.equal(out, images)
 
 
 def test_all_frames_of_a_sample_share_the_draw() -> None:

@@ -2,9 +2,10 @@
 
 The draws are a pure function of (train.seed, epoch, sample index), so they do not depend on
 the number of DataLoader workers or on persistent workers. The flip is applied to the uint8
-frames in the dataset; the jitter is applied on the device, batched, by `apply_jitter`, with
-torchvision's ColorJitter semantics (brightness, contrast, saturation in (0.8, 1.2), hue in
-(-0.1, 0.1), the four ops in a random order) and the same parameters for every frame of a sample.
+frames in the dataset; the jitter is applied on the device, batched, by `apply_jitter`, as
+torchvision's ColorJitter applies it to Monodepth2's PIL images (brightness, contrast, saturation
+in (0.8, 1.2), hue in (-0.1, 0.1), the four ops in a random order, 8-bit Pillow arithmetic) with
+the same parameters for every frame of a sample.
 """
 
 from __future__ import annotations
@@ -52,47 +53,73 @@ def draw_augment(seed: int, epoch: int, index: int) -> Draw:
 
 
 # ----------------------------------------------------------------------------------------------
-# torchvision.transforms.v2.functional adjust_* on float images, with per-sample factors
+# Monodepth2 jitters 8-bit PIL images: torchvision's ColorJitter on a PIL image calls Pillow's
+# ImageEnhance (Brightness, Contrast, Color: Image.blend, which truncates to 8 bits after every
+# op) and, for hue, Pillow's RGB <-> HSV conversions with an 8-bit hue. The ops below reproduce
+# those on "levels" (float tensors holding the integers 0..255), including where Pillow computes
+# in float32 and where in float64, so the result equals Pillow's pixel for pixel
+# (tests/test_data_augment.py); a float-image jitter would differ by a level or two, mostly
+# darker (truncation), after every op.
 
 
-def _grayscale(img: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma (torchvision's weights), keeping a channel dim: (..., 1, H, W)."""
-    r, g, b = img.unbind(dim=-3)
-    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+def _luma(levels: torch.Tensor) -> torch.Tensor:
+    """Pillow's RGB -> L (ITU-R 601 in 16-bit fixed point), keeping a channel dim.
+
+    Every product and partial sum is an integer below 2^24, so float32 holds them exactly."""
+    r, g, b = levels.unbind(dim=-3)
+    return torch.floor((r * 19595 + g * 38470 + b * 7471 + 32768) / 65536).unsqueeze(-3)
 
 
-def _blend(img: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    return (ratio * img + (1.0 - ratio) * other).clamp(0.0, 1.0)
+def _blend(degenerate: torch.Tensor, levels: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Pillow's Image.blend on 8-bit bands: degenerate + alpha (levels - degenerate) in float32,
+    clipped to 0..255 and truncated."""
+    return torch.floor((degenerate + alpha * (levels - degenerate)).clamp(0.0, 255.0))
 
 
-def adjust_brightness(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """img (..., 3, H, W) in [0, 1]; factor broadcastable to img (e.g. (B, 1, 1, 1, 1))."""
-    return (img * factor).clamp(0.0, 1.0)
+def adjust_brightness(levels: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """levels (..., 3, H, W); factor broadcastable to them (e.g. (B, 1, 1, 1, 1)): a blend
+    with black."""
+    return _blend(torch.zeros_like(levels), levels, factor)
 
 
-def adjust_contrast(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the mean grey level of each image (each frame separately)."""
-    mean = _grayscale(img).mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend(img, mean, factor)
+def adjust_contrast(levels: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """A blend with each frame's mean luma, rounded to a level (Pillow's ImageStat mean)."""
+    luma = _luma(levels).double()
+    n = luma.shape[-2] * luma.shape[-1]
+    mean = torch.floor(luma.sum(dim=(-3, -2, -1), keepdim=True) / n + 0.5)
+    return _blend(mean.to(levels.dtype), levels, factor)
 
 
-def adjust_saturation(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(img, _grayscale(img), factor)
+def adjust_saturation(levels: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """A blend with the luma image (Pillow's ImageEnhance.Color)."""
+    return _blend(_luma(levels), levels, factor)
 
 
-def _rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
-    r, g, b = img.unbind(dim=-3)
-    maxc, _ = img.max(dim=-3)
-    minc, _ = img.min(dim=-3)
-    delta = maxc - minc
-    grey = delta == 0
-    sat = delta / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
-    span = torch.where(grey, torch.ones_like(delta), delta)
-    rc, gc, bc = (maxc - r) / span, (maxc - g) / span, (maxc - b) / span
-    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = torch.where(grey, torch.zeros_like(hue), hue)
-    hue = torch.remainder(hue / 6.0 + 1.0, 1.0)
-    return torch.stack((hue, sat, maxc), dim=-3)
+def _rgb_to_hsv(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pillow's RGB -> HSV: 8-bit h, s, v (float tensors of integers, float64)."""
+    f32 = levels.float()
+    r, g, b = f32.unbind(dim=-3)
+    maxc, minc = f32.amax(dim=-3), f32.amin(dim=-3)
+    grey = maxc == minc
+    span = torch.where(grey, 1.0, maxc - minc)
+    sat = (maxc - minc) / torch.where(maxc == 0, 1.0, maxc)  # float32, as Pillow's floats
+    rc, gc, bc = ((maxc - c) / span for c in (r, g, b))
+    d = torch.float64  # Pillow's double literals promote these sums to double
+    hue = torch.where(
+        r == maxc,
+        (bc - gc).to(d),
+        torch.where(g == maxc, (2.0 + rc.to(d)) - bc.to(d), (4.0 + gc.to(d)) - rc.to(d)),
+    ).float()
+    hue = torch.fmod(hue.to(d) / 6.0 + 1.0, 1.0).float()
+    h8 = torch.where(grey, 0.0, torch.trunc(hue.to(d) * 255.0).clamp(0, 255))
+    s8 = torch.where(grey, 0.0, torch.trunc(sat.to(d) * 255.0).clamp(0, 255))
+    return h8, s8, maxc.to(d)
+
+
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    # C's round() on x >= 0 (torch.round rounds half to even).
+    down = torch.floor(x)
+    return down + (x - down >= 0.5).to(x.dtype)
 
 
 # Per HSV sector 0..5, which of (v, p, q, t) is r, g and b.
@@ -105,56 +132,63 @@ def _sector_table(device: torch.device) -> torch.Tensor:
     return _SECTOR_RGB.to(device)
 
 
-def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    h, s, v = hsv.unbind(dim=-3)
-    h6 = h * 6.0
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Pillow's HSV -> RGB on 8-bit h, s, v (float64): levels (..., 3, H, W) in float64."""
+    h6 = h * 6.0 / 255.0
     sector = torch.floor(h6)
-    f = h6 - sector
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    f = (h6 - sector).float().double()  # stored in a C float
+    fs = (s / 255.0).float().double()
+    p = _round_half_away(v * (1.0 - fs)).clamp(0, 255)
+    q = _round_half_away(v * (1.0 - fs * f)).clamp(0, 255)
+    t = _round_half_away(v * (1.0 - fs * (1.0 - f))).clamp(0, 255)
     vpqt = torch.stack((v, p, q, t), dim=-3)
-    select = _sector_table(hsv.device)[:, torch.remainder(sector, 6).long()]  # (3, ..., H, W)
-    return vpqt.gather(-3, select.movedim(0, -3))
+    select = _sector_table(h.device)[:, torch.remainder(sector, 6).long()]  # (3, ..., H, W)
+    rgb = vpqt.gather(-3, select.movedim(0, -3))
+    return torch.where((s == 0).unsqueeze(-3), v.unsqueeze(-3), rgb)
 
 
-def adjust_hue(img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue by `factor` turns (in [-0.5, 0.5]) in HSV space."""
-    hsv = _rgb_to_hsv(img)
-    h, s, v = hsv.unbind(dim=-3)
-    h = torch.remainder(h + factor.squeeze(-3), 1.0)
-    return _hsv_to_rgb(torch.stack((h, s, v), dim=-3))
+def adjust_hue(levels: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Shift the 8-bit hue by trunc(factor * 255) levels, wrapping (torchvision's PIL path)."""
+    h, s, v = _rgb_to_hsv(levels)
+    shift = torch.trunc(factor.squeeze(-3).double() * 255.0)
+    h = torch.remainder(h + shift, 256.0)
+    return _hsv_to_rgb(h, s, v).to(levels.dtype)
 
 
 _OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
+def to_levels(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images made from 8-bit ones -> their levels 0..255 (float32)."""
+    return torch.round(images.float() * 255.0)
+
+
 def apply_jitter(
     images: torch.Tensor, jitter: torch.Tensor, order: torch.Tensor, do: torch.Tensor
 ) -> torch.Tensor:
-    """Colour-jitter a batch; every frame of a sample gets the same factors and order.
+    """Colour-jitter a batch as Monodepth2 does (Pillow, 8 bits); every frame of a sample gets
+    the same factors and order.
 
     Args:
-        images: (B, F, 3, H, W) float in [0, 1], on any device.
+        images: (B, F, 3, H, W) float32 in [0, 1], 8-bit images divided by 255, on any device.
         jitter: (B, 4) brightness, contrast, saturation, hue factors.
         order: (B, 4) int64 permutation of 0..3: the ops in the order they are applied.
         do: (B,) bool: samples without jitter are returned unchanged.
-    Returns a new tensor (the input is not modified). On a GPU the work is done without host
-    synchronisation (`apply_jitter_masked`), so the step can be captured as a CUDA graph.
+    Returns a new tensor (the input is not modified), again 8-bit images divided by 255. On a
+    GPU the work is done without host synchronisation (`apply_jitter_masked`), so the step can
+    be captured as a CUDA graph.
     """
     if images.device.type != "cpu":
         return apply_jitter_masked(images, jitter, order, do)
-    out = images.clone()
-    jitter = jitter.to(device=images.device, dtype=images.dtype)
-    order = order.to(images.device)
-    do = do.to(images.device).bool()
+    out = to_levels(images)
+    jitter, order, do = _factors(jitter, order, do, images.device)
     for step in range(4):
         for op in range(4):
             idx = torch.nonzero(do & (order[:, step] == op)).squeeze(1)
             if idx.numel():
                 factor = jitter[idx, op].view(-1, *([1] * (images.dim() - 1)))
                 out[idx] = _OPS[op](out[idx], factor)
-    return out
+    return out / 255.0
 
 
 def apply_jitter_masked(
@@ -162,15 +196,13 @@ def apply_jitter_masked(
 ) -> torch.Tensor:
     """`apply_jitter` without data-dependent indexing: every op runs on the whole batch.
 
-    Brightness, contrast and saturation with factor 1 are exactly the identity on [0, 1]
-    images, so unselected samples get factor 1; the hue op is selected with `torch.where`.
-    Same result as the indexed version, bit for bit.
+    Brightness, contrast and saturation with factor 1 are exactly the identity on levels
+    (a blend with weight 1 gives the image back), so unselected samples get factor 1; the hue
+    op is selected with `torch.where`. Same result as the indexed version, bit for bit.
     """
     shape = (-1, *([1] * (images.dim() - 1)))
-    jitter = jitter.to(device=images.device, dtype=images.dtype)
-    order = order.to(images.device)
-    do = do.to(images.device).bool()
-    out = images
+    jitter, order, do = _factors(jitter, order, do, images.device)
+    out = to_levels(images)
     for step in range(4):
         for op in range(4):
             selected = (do & (order[:, step] == op)).view(shape)
@@ -179,4 +211,11 @@ def apply_jitter_masked(
                 out = _OPS[op](out, factor)
             else:
                 out = torch.where(selected, adjust_hue(out, jitter[:, op].view(shape)), out)
-    return out if out is not images else images.clone()
+    return out / 255.0
+
+
+def _factors(
+    jitter: torch.Tensor, order: torch.Tensor, do: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # float32: Pillow's blend takes its factor as a C float.
+    return jitter.to(device, torch.float32), order.to(device), do.to(device).bool()
