@@ -138,12 +138,22 @@ def _endless(loader: Any) -> Iterator[dict[str, torch.Tensor]]:
         epoch += 1
 
 
-def _runtime(cfg: Config) -> tuple[Runtime, torch.optim.Optimizer]:
+def _warm_step(
+    cfg: Config, warmup: int, *, eager: bool = False
+) -> tuple[Runtime, StepFn, Iterator[dict[str, torch.Tensor]]]:
+    """The runtime, its training step (eager: without the CUDA graph) and an endless batch
+    iterator, after `warmup` steps."""
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     torch.backends.cudnn.benchmark = True
     rt = build_runtime(cfg, device)
-    return rt, make_optimizer(rt)
+    if eager:
+        rt = replace(rt, graph=False)
+    step = make_step(rt, make_optimizer(rt))  # fused Adam eagerly, capturable in a graph
+    batches = _endless(build_train_loader(cfg, resolve_data(cfg)))
+    for _ in range(warmup):
+        _timed_step(step, rt.device, batches)
+    return rt, step, batches
 
 
 def _timed_phases(
@@ -190,13 +200,8 @@ def bench_step(
     The breakdown runs the same settings eagerly (a graphed step has no phases to time).
     """
     cfg = _variant_config(cfg, variant)
-    device = resolve_device(cfg.train.device)
-    _reset_peak(device)  # before the networks: peak memory includes weights and graph pools
-    rt, opt = _runtime(cfg)
-    step = make_step(rt, opt)
-    batches = _endless(build_train_loader(cfg, resolve_data(cfg)))
-    for _ in range(warmup):
-        _timed_step(step, rt.device, batches)
+    _reset_peak(resolve_device(cfg.train.device))  # peak memory includes weights, graph pools
+    rt, step, batches = _warm_step(cfg, warmup)
     with _Sampler(rt.device) as sampler:
         times = [_timed_step(step, rt.device, batches) for _ in range(steps)]
     util = None
@@ -255,11 +260,7 @@ def bench_packed(cfg: Config, variant: Variant, *, steps: int, warmup: int) -> d
     """One of `bench_pack`'s processes: warm up, say READY, wait for GO on stdin, then time
     `steps` sustained steps, so that the packed processes' timed windows coincide."""
     cfg = _variant_config(cfg, variant)
-    rt, opt = _runtime(cfg)
-    step = make_step(rt, opt)
-    batches = _endless(build_train_loader(cfg, resolve_data(cfg)))
-    for _ in range(warmup):
-        _timed_step(step, rt.device, batches)
+    rt, step, batches = _warm_step(cfg, warmup)
     print(PACK_READY, flush=True)
     if sys.stdin.readline().strip() != PACK_GO:
         raise RuntimeError("packed benchmark: the parent process did not say GO")
@@ -278,12 +279,7 @@ def profile_variant(
     cfg: Config, variant: Variant, *, steps: int, warmup: int, rows: int, trace: Path | None
 ) -> dict[str, Any]:
     """`profiling.profile_steps` over eager steps of `variant` (a CUDA graph hides operators)."""
-    rt, _ = _runtime(_variant_config(cfg, variant))
-    rt = replace(rt, graph=False)
-    step = make_step(rt, make_optimizer(rt))  # the eager step's optimiser (fused Adam)
-    batches = _endless(build_train_loader(rt.cfg, resolve_data(rt.cfg)))
-    for _ in range(warmup):
-        _timed_step(step, rt.device, batches)
+    rt, step, batches = _warm_step(_variant_config(cfg, variant), warmup, eager=True)
     return profile_steps(
         lambda: step(next(batches)), rt.device, steps=steps, rows=rows, trace=trace
     )

@@ -82,20 +82,22 @@ def evaluate_model(
     kept = Predictions(disp={s: [] for s in scales})
     rows: dict[int, list[dict[str, float | int]]] = {s: [] for s in scales}
     seen = 0
-    for batch in batches:
-        color = batch["color"].to(device, non_blocking=True)
-        images = color.float().div_(255)
-        disps = _predict_scaled(models, images, model_cfg, scales, eval_cfg.post_process)
-        index = [int(i) for i in batch["index"].tolist()]
-        seen += len(index)
-        for s in scales:
-            disp_s = disps[s][:, 0].float().cpu().numpy()
-            rows[s].extend(_scale_rows(disp_s, index, s, gts, eval_cfg))
-            kept.disp[s].extend(disp_s[: keep - len(kept.index)].copy())  # not the batch
-        room = keep - len(kept.index)
-        kept.index.extend(index[:room])
-        kept.rgb.extend(c.permute(1, 2, 0).cpu().numpy() for c in color[:room])
-    models.train(was_training)
+    try:
+        for batch in batches:
+            color = batch["color"].to(device, non_blocking=True)
+            images = color.float().div_(255)
+            disps = _predict_scaled(models, images, model_cfg, scales, eval_cfg.post_process)
+            index = [int(i) for i in batch["index"].tolist()]
+            seen += len(index)
+            room = keep - len(kept.index)
+            for s in scales:
+                disp_s = disps[s][:, 0].float().cpu().numpy()
+                rows[s].extend(_scale_rows(disp_s, index, s, gts, eval_cfg))
+                kept.disp[s].extend(disp_s[:room].copy())  # a copy: not the whole batch
+            kept.index.extend(index[:room])
+            kept.rgb.extend(c.permute(1, 2, 0).cpu().numpy() for c in color[:room])
+    finally:
+        models.train(was_training)
     if not seen:
         raise ValueError("no test images to evaluate")
     return _summarise(rows), kept
