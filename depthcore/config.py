@@ -295,7 +295,8 @@ class Config(_Section):
 
         Drops loss weights that the chosen `photometric` kind ignores (so the baseline shared by
         Tables 1-4 is one run), keys that only change speed or logging, and data locations (only a
-        split folder's name counts, so the same study on another machine has the same ids).
+        split folder's name counts, so the same study on another machine has the same ids); adds
+        the training recipe's version (`RECIPE_VERSION`).
         """
         d = self.to_dict()
         d["loss"] = {k: d["loss"][k] for k in self.loss.relevant_keys()}
@@ -308,6 +309,7 @@ class Config(_Section):
                 d[section][key] = _KITTI_DEFAULT_SPLITS.get((section, key))
         if self.data.dataset == "kitti":
             d["data"].pop("synthetic")
+        d["recipe"] = RECIPE_VERSION
         return d
 
     def run_id(self) -> str:
@@ -315,6 +317,11 @@ class Config(_Section):
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+
+# The training recipe's version, part of every run id. Raise it whenever a change alters what a
+# run computes for the same config (not only how fast), so that results of an older recipe are
+# never taken for the current one. 2: Pillow-exact colour jitter and smoothness pyramid.
+RECIPE_VERSION = 2
 
 _NON_IDENTITY_KEYS = (
     ("data", "root"),

@@ -164,3 +164,13 @@ def test_train_compile_choices_and_legacy_booleans(value: str, expected: str) ->
 def test_compile_and_speed_switches_do_not_change_the_run_id() -> None:
     base = load_config(None, [])
     assert load_config(None, ["train.compile=loss"]).run_id() == base.run_id()
+
+
+def test_a_new_training_recipe_gives_new_run_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    from depthcore import config
+
+    cfg = load_config()
+    before = cfg.run_id()
+    assert cfg.identity()["recipe"] == config.RECIPE_VERSION
+    monkeypatch.setattr(config, "RECIPE_VERSION", config.RECIPE_VERSION + 1)
+    assert cfg.run_id() != before
