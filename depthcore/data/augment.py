@@ -84,10 +84,14 @@ def adjust_brightness(levels: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
 
 def adjust_contrast(levels: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """A blend with each frame's mean luma, rounded to a level (Pillow's ImageStat mean)."""
-    luma = _luma(levels).double()
+    return _blend(_mean_level(_luma(levels)), levels, factor)
+
+
+def _mean_level(luma: torch.Tensor) -> torch.Tensor:
+    """Each frame's mean luma rounded to a level, as Pillow's ImageStat (a float64 mean)."""
     n = luma.shape[-2] * luma.shape[-1]
-    mean = torch.floor(luma.sum(dim=(-3, -2, -1), keepdim=True) / n + 0.5)
-    return _blend(mean.to(levels.dtype), levels, factor)
+    mean = torch.floor(luma.double().sum(dim=(-3, -2, -1), keepdim=True) / n + 0.5)
+    return mean.to(luma.dtype)
 
 
 def adjust_saturation(levels: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -196,22 +200,40 @@ def apply_jitter_masked(
 ) -> torch.Tensor:
     """`apply_jitter` without data-dependent indexing: every op runs on the whole batch.
 
-    Brightness, contrast and saturation with factor 1 are exactly the identity on levels
-    (a blend with weight 1 gives the image back), so unselected samples get factor 1; the hue
-    op is selected with `torch.where`. Same result as the indexed version, bit for bit.
+    The three blends differ only in what they blend with (black, the mean luma, the luma
+    image), so one blend per position applies each sample's op, with weight 1 (exactly the
+    identity on levels) where a sample does nothing there. Hue, the costly op, runs once: first
+    the blends ordered before each sample's hue, then hue for every sample, then the blends
+    after it. Same result as the indexed version, bit for bit.
     """
     shape = (-1, *([1] * (images.dim() - 1)))
     jitter, order, do = _factors(jitter, order, do, images.device)
+    hue_at = (order == OP_HUE).long().argmax(dim=1, keepdim=True)  # (B, 1)
+    position = torch.arange(4, device=images.device).view(1, 4)
+    before, after = do[:, None] & (position < hue_at), do[:, None] & (position > hue_at)
     out = to_levels(images)
-    for step in range(4):
-        for op in range(4):
-            selected = (do & (order[:, step] == op)).view(shape)
-            if op < 3:
-                factor = torch.where(selected, jitter[:, op].view(shape), 1.0)
-                out = _OPS[op](out, factor)
-            else:
-                out = torch.where(selected, adjust_hue(out, jitter[:, op].view(shape)), out)
+    for k in range(3):  # hue is at position 1..3 when a blend precedes it
+        out = _blend_op(out, order[:, k], jitter, before[:, k], shape)
+    out = torch.where(do.view(shape), adjust_hue(out, jitter[:, OP_HUE].view(shape)), out)
+    for k in range(1, 4):
+        out = _blend_op(out, order[:, k], jitter, after[:, k], shape)
     return out / 255.0
+
+
+def _blend_op(
+    levels: torch.Tensor,
+    op: torch.Tensor,
+    jitter: torch.Tensor,
+    active: torch.Tensor,
+    shape: tuple[int, ...],
+) -> torch.Tensor:
+    """Each sample's blend op (`op`: brightness, contrast or saturation); identity where not
+    `active`. The same arithmetic as adjust_brightness, _contrast and _saturation."""
+    luma = _luma(levels)
+    other = torch.where((op == OP_CONTRAST).view(shape), _mean_level(luma), 0.0)
+    degenerate = torch.where((op == OP_SATURATION).view(shape), luma, other)
+    factor = jitter.gather(1, op[:, None]).view(shape)
+    return _blend(degenerate, levels, torch.where(active.view(shape), factor, 1.0))
 
 
 def _factors(
