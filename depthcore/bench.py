@@ -54,6 +54,8 @@ from depthcore.errors import ConfigError
 from depthcore.profiling import format_profile, profile_steps
 
 PHASES = ("data", "depth_net", "pose_net", "warp_and_loss", "backward", "optimiser")
+# A packed process's line when warmed up, and the parent's answer that starts its timed steps.
+PACK_READY, PACK_GO = "READY", "GO"
 
 
 @dataclass(frozen=True)
@@ -270,9 +272,6 @@ def bench_packed(cfg: Config, variant: Variant, *, steps: int, warmup: int) -> d
         "samples": steps * cfg.optim.batch_size,
         **asdict(window),
     }
-
-
-PACK_READY, PACK_GO = "READY", "GO"
 
 
 def profile_variant(
