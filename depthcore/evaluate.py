@@ -1,8 +1,9 @@
 """Eigen-protocol evaluation of a depth network on a test split, per decoder scale.
 
-Disparity is predicted at network resolution (lower decoder scales upsampled to it first), resized
-to each ground-truth map's native size, inverted to depth, then `metrics.eigen_image_errors`
-applies the mask, Garg crop, per-image median scaling and clamp. Per-image metrics are kept:
+Disparity is predicted at network resolution (lower decoder scales upsampled to it first),
+resized to each ground-truth map's native size as Monodepth2's cv2.resize does, inverted to
+depth, then `metrics.eigen_image_errors` applies the mask, Garg crop, per-image median scaling
+and clamp. Per-image metrics are kept:
 the report's paired statistics need them.
 """
 
@@ -21,6 +22,7 @@ from depthcore.errors import ConfigError
 from depthcore.geometry import disp_to_depth
 from depthcore.metrics import eigen_image_errors, mean_errors
 from depthcore.networks import Models, predict_depth
+from depthcore.resample import linear_resize
 
 
 @dataclass
@@ -152,9 +154,7 @@ def _image_errors(
     disp: np.ndarray, gt: np.ndarray, eval_cfg: EvalConfig
 ) -> dict[str, float] | None:
     # Resize the disparity (not the depth) to the ground truth's native size, then invert.
-    resized = F.interpolate(
-        torch.from_numpy(disp)[None, None], size=gt.shape, mode="bilinear", align_corners=False
-    )[0, 0].numpy()
+    resized = linear_resize(disp, *gt.shape)
     res = eigen_image_errors(
         gt,
         1.0 / resized,

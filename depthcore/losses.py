@@ -340,8 +340,8 @@ def compute_losses(
         stats = None
         if identity_once and loss.photometric != "l1":
             stats = window_statistics(target, loss.ssim_window)
-        # Monodepth2's chained 8-bit Lanczos pyramid, for the smoothness term.
-        pyramid = lanczos_pyramid(target, max(disps) + 1)
+        # Monodepth2's chained 8-bit Lanczos pyramid, for the smoothness term (if it counts).
+        pyramid = lanczos_pyramid(target, max(disps) + 1) if loss.smoothness else None
         per_scale, photo, smooth, masks = {}, [], [], []
         for scale in sorted(disps):
             disp = upcast(disps[scale])
@@ -360,7 +360,9 @@ def compute_losses(
                     _noise_shape(b, n_frames - 1, h, w, loss), reproj, generator
                 )
             photo_s, mask_s = combine_reprojection(reproj, identity, noise, loss)
-            smooth_s = _smooth_term(disp, pyramid[scale], scale, loss)
+            smooth_s = disp.new_zeros(())
+            if pyramid is not None:
+                smooth_s = _smooth_term(disp, pyramid[scale], scale, loss)
             per_scale[scale] = photo_s + smooth_s
             photo.append(photo_s.detach())
             smooth.append(smooth_s.detach())

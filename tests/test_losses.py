@@ -334,6 +334,8 @@ def test_total_is_mean_over_scales_of_photometric_plus_weighted_smoothness() -> 
     no_smooth, _ = _run(batch, LossConfig(smoothness=0.0), identity_once=True)
     torch.testing.assert_close(terms.total, terms.photometric + terms.smoothness)
     torch.testing.assert_close(terms.total, sum(terms.per_scale.values()) / 4)
+    assert no_smooth.smoothness.item() == 0.0  # weight 0: the pyramid is not even built
+    torch.testing.assert_close(no_smooth.photometric, terms.photometric)
     # Monodepth2's smoothness images: the chained 8-bit Lanczos pyramid (tests/test_resample.py).
     pyramid = lanczos_pyramid(batch["images"][:, 0], 4)
     expected = 0.0
