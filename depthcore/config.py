@@ -61,6 +61,8 @@ class _Section(BaseModel):
 def _check_multiple_of_32(value: int) -> int:
     if value % 32:
         raise ValueError(f"must be a multiple of 32, got {value}")
+    if value < 64:  # the encoder's 1/32 features must be 2+ pixels for the decoder's padding
+        raise ValueError(f"must be at least 64, got {value}")
     return value
 
 
@@ -80,8 +82,8 @@ class DataConfig(_Section):
     dataset: Literal["synthetic", "kitti"] = "synthetic"
     root: str | None = Field(None, description="KITTI raw root; synthetic: output folder")
     split_dir: str | None = Field(None, description="folder with train_files.txt, val_files.txt")
-    height: int = Field(192, ge=32)
-    width: int = Field(640, ge=32)
+    height: int = 192
+    width: int = 640
     img_ext: Literal["auto", ".png", ".jpg"] = "auto"
     intrinsics: Literal["monodepth2", "calib"] = "monodepth2"
     frame_ids: IntTuple = (0, -1, 1)

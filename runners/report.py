@@ -24,7 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", help="output folder (default: <results>/report, or beside the CSV)"
     )
     parser.add_argument("--format", default="md,tex,csv,html", help="ablation table formats")
-    parser.add_argument("--dataset", default="kitti", help="--import: kitti adds Monodepth2's row")
+    parser.add_argument(
+        "--dataset",
+        default="kitti",
+        choices=("kitti", "synthetic", "other"),
+        help="--import: the data the CSV's numbers come from; kitti adds Monodepth2's row",
+    )
     parser.add_argument("--no-figures", action="store_true", help="tables only (fast)")
     args = parser.parse_args(argv)
     if (args.results is None) == (args.csv is None):

@@ -3,7 +3,7 @@
 Re-running the same command resumes: finished runs are skipped (in every sweep that shares them),
 interrupted ones continue from their checkpoints. Results: RESULTS/runs/<run id>/ and
 RESULTS/sweeps/<name>.yaml. Exit code 0 when every run finished, 1 if any failed, 2 for a bad
-sweep file. Reference: readme_sweep.md.
+sweep file. Reference: README.md, "Sweep-file reference".
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def small_tree(tmp_path: Path) -> Path:
 
 
 def _small_cfg(root: Path, *extra: str):
-    return _kitti_cfg(root, root.parent, "data.height=32", "data.width=64", *extra)
+    return _kitti_cfg(root, root.parent, "data.height=64", "data.width=128", *extra)
 
 
 def test_missing_neighbour_names_file_and_split_line(small_tree: Path) -> None:

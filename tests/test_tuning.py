@@ -25,7 +25,8 @@ import yaml
 from ray import cloudpickle
 
 from depthcore import store
-from depthcore.errors import ConfigError, TrainingError
+from depthcore.config import config_from_dict
+from depthcore.errors import ConfigError, DataError, TrainingError
 from depthcore.sweep import expand, sweep_from_dict, trial_from_params
 from depthcore.tuning import RAY_ENV, execute_trial, find_trial, run_one, run_sweep
 
@@ -292,6 +293,38 @@ def test_resources_this_machine_lacks_are_a_config_error(ray_local: Any) -> None
 
 # ----------------------------------------------------------------------------------------------
 # Without Ray
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        {},
+        {
+            "search": {
+                "method": "optuna",
+                "n_trials": 2,
+                "space": {"loss.w_c": {"uniform": [0.1, 0.9]}},
+            }
+        },
+    ],
+)
+def test_missing_kitti_data_stops_a_local_sweep_before_ray_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search: dict[str, Any]
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    root = tmp_path / "kitti_raw"
+    root.mkdir()
+    base = {**TINY_BASE, "data": {"dataset": "kitti", "root": str(root)}}
+    keys = search or {"trials": [{"label": "a"}]}
+    sweep = sweep_from_dict({"name": "nodata", "base": base, **keys})
+    with pytest.raises(DataError, match=r"train_files\.txt"):
+        run_sweep(sweep, tmp_path / "results", train_fn=must_not_train, dashboard=False)
+    # (Raised by the driver: from a trial the error would only be recorded in error.json.)
+    # On a cluster the workers hold the data: nothing is checked on the driver.
+    from depthcore.tuning import _check_local_data
+
+    _check_local_data([expand(make_sweep("x", trials=[{"label": "a"}]))[0].config], None)
+    _check_local_data([config_from_dict(sweep.base)], "auto")
 
 
 def test_a_run_locked_by_another_process_is_waited_for(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Where the data is (`resolve_data`) and the loaders the engine trains and evaluates with.
 
-Batches (see design/CONTRACTS.md): the train loader yields "color" uint8 (B, F, 3, H, W) in
+Batches: the train loader yields "color" uint8 (B, F, 3, H, W) in
 data.frame_ids order (already flipped when the sample flips), "K"/"inv_K" float32 (B, 4, 4) at
 network resolution, "jitter" (B, 4), "jitter_order" (B, 4), "do_jitter" (B,), "do_flip" (B,) and
 "index" (B,); the test loader yields "color" uint8 (B, 3, H, W) and "index".
