@@ -3,8 +3,7 @@
 Disparity is predicted at network resolution (lower decoder scales upsampled to it first),
 resized to each ground-truth map's native size as Monodepth2's cv2.resize does, inverted to
 depth, then `metrics.eigen_image_errors` applies the mask, Garg crop, per-image median scaling
-and clamp. Per-image metrics are kept:
-the report's paired statistics need them.
+and clamp. Per-image metrics are kept: the report's paired statistics need them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Re-running the same command resumes: finished runs are skipped (in every sweep that shares them),
 interrupted ones continue from their checkpoints. Results: RESULTS/runs/<run id>/ and
 RESULTS/sweeps/<name>.yaml. Exit code 0 when every run finished, 1 if any failed, 2 for a bad
-sweep file. Reference: README.md, "Sweep-file reference".
+sweep file or missing KITTI data (checked before Ray starts on a local machine). Reference:
+README.md, "Sweep-file reference".
 """
 
 from __future__ import annotations
