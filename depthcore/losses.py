@@ -263,7 +263,7 @@ def _scale_photometric_fast(
     # Eager: one call over every comparison. Compiled: one call per group, so that the calls
     # have two signatures only (warped sources with gradients, identity sources without), each
     # compiled once.
-    groups = [torch.cat(preds, dim=0)] if not compiled else preds
+    groups = [torch.cat(preds, dim=0)] if len(preds) > 1 and not compiled else preds
     photometric = compiled_photometric_error() if compiled else photometric_error
     errs = []
     for pred in groups:  # (M, B, 3, H, W) against the (B, 3, H, W) target
