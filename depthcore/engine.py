@@ -303,10 +303,24 @@ def save_checkpoint(
     return path.parent
 
 
+def _checkpoint_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
+    try:
+        # On the CPU first: RNG states must stay CPU byte tensors; load_state_dict moves the rest.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or damaged: torch raises several kinds
+        raise TrainingError(
+            f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete "
+            f"{path.parent} to train the run from its start"
+        ) from exc
+    if not isinstance(state, dict):
+        raise TrainingError(f"{path}: not a depthsweep checkpoint; delete {path.parent}")
+    return state
+
+
 def load_checkpoint(run_dir: Path, rt: Runtime, optimizer: torch.optim.Optimizer) -> Progress:
     path = run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
-    # On the CPU first: RNG states must stay CPU byte tensors; load_state_dict moves the rest.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = _checkpoint_state(run_dir)
     if state.get("run_id") != rt.cfg.run_id():
         raise ConfigError(
             f"{path}: checkpoint belongs to run {state.get('run_id')}, not {rt.cfg.run_id()}; "
@@ -390,10 +404,13 @@ def train(
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with store.RunLock(run_dir):
+        _check_same_run(cfg, run_dir)  # before anything is read as this run's or written
         final = store.read_final(run_dir)
         if final is not None:
             return final
-        _claim_config(cfg, run_dir)
+        store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
+        (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
+        store.remove_partial_files(run_dir / store.CHECKPOINT_DIR)
         run = None
         try:
             run = _setup(cfg, run_dir, report, progress)
@@ -405,15 +422,23 @@ def train(
             raise
 
 
-def _claim_config(cfg: Config, run_dir: Path) -> None:
+def _check_same_run(cfg: Config, run_dir: Path) -> None:
+    """A folder holding another run (by its config.yaml, final.json or checkpoint) is refused."""
+    run_id = cfg.run_id()
     existing = store.read_run_config(run_dir)
-    if existing is not None and _run_id_of(existing) not in (None, cfg.run_id()):
-        raise ConfigError(
-            f"{run_dir}: holds a different run ({store.CONFIG_FILE} differs); "
-            "use another output folder"
-        )
-    store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
-    (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
+    found = {
+        store.CONFIG_FILE: _run_id_of(existing) if existing is not None else None,
+        store.FINAL_FILE: (store.read_final(run_dir) or {}).get("run_id"),
+    }
+    if found[store.CONFIG_FILE] is None and store.has_checkpoint(run_dir):
+        # config.yaml unreadable or of an older schema: the checkpoint says whose it is.
+        found[store.CHECKPOINT_FILE] = _checkpoint_state(run_dir).get("run_id")
+    for name, other in found.items():
+        if other is not None and other != run_id:
+            raise ConfigError(
+                f"{run_dir}: holds a different run ({name} is run {other}, this config is run "
+                f"{run_id}); use another output folder"
+            )
 
 
 def _run_id_of(tree: dict[str, Any]) -> str | None:
@@ -566,7 +591,6 @@ def _end_epoch(run: _Run, record: dict[str, Any]) -> None:
     if cfg.eval.every_epoch or prog.epoch == cfg.train.epochs:
         evaluation = _evaluate(run, scales=(0,), keep=0)[0]
         metrics = evaluation.metrics_by_scale[0]
-    ckpt_dir = save_checkpoint(run.run_dir, run.rt, run.optimizer, prog)
     line = {
         "type": "epoch",
         "epoch": prog.epoch,
@@ -575,7 +599,10 @@ def _end_epoch(run: _Run, record: dict[str, Any]) -> None:
         **record,
         **metrics,
     }
+    # The line before the checkpoint: a crash between the two resumes from the previous
+    # checkpoint, which drops the line and logs it again (the other order would lose it).
     store.append_jsonl(run.run_dir / store.METRICS_FILE, line)
+    ckpt_dir = save_checkpoint(run.run_dir, run.rt, run.optimizer, prog)
     if run.progress_bar:
         shown = ", ".join(
             f"{k} {metrics[k]:.4f}" for k in ("abs_rel", "rmse", "a1") if k in metrics

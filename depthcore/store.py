@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import tempfile
@@ -52,6 +53,8 @@ STATUSES = ("finished", "failed", "running", "interrupted", "pending")
 # A lock whose heartbeat is older than this is considered abandoned (its owner died).
 LOCK_STALE_S = 300.0
 LOCK_HEARTBEAT_S = 30.0
+# A `lock.break` claim lasts microseconds; one this old was left by a process that died in it.
+LOCK_BREAK_STALE_S = 10.0
 
 
 class RunLockedError(DepthcoreError):
@@ -117,6 +120,8 @@ def _atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb") as fh:  # on disk before the rename makes it the result
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -158,12 +163,30 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _step_of(record: dict[str, Any]) -> float:
+    """A record's step; a damaged one counts as after every checkpoint (dropped on resume)."""
+    try:
+        return int(record.get("step", 0))
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+def remove_partial_files(folder: str | Path) -> None:
+    """Delete the temporary files of atomic writes that a killed process left in `folder`
+    (their names start with a dot). Only for a run folder whose lock this process holds."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.startswith(".") and path.is_file():
+                path.unlink(missing_ok=True)
+
+
 def truncate_metrics(path: str | Path, max_step: int) -> None:
     """Drop records logged after `max_step` (a resumed run re-logs them from its checkpoint)."""
     path = Path(path)
     if not path.exists():
         return
-    kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= max_step]
+    kept = [r for r in read_jsonl(path) if _step_of(r) <= max_step]
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
     write_text_atomic(path, text)
 
@@ -242,29 +265,41 @@ def _lock_owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
 
 
-def _owner_alive(owner: dict[str, Any], lock: Path) -> bool:
+def _lock_state(lock: Path) -> tuple[bool, dict[str, Any] | None]:
+    """(held, owner) of a lock file. One without a readable owner (a claim being written by a
+    filesystem without hard links, or a damaged file) counts as held until it goes stale."""
     try:
         age = time.time() - lock.stat().st_mtime
     except FileNotFoundError:
+        return False, None
+    owner = read_json(lock)
+    if owner is None:
+        return age < LOCK_STALE_S, None
+    return _owner_alive(owner, age), owner
+
+
+def _owner_alive(owner: dict[str, Any], age: float) -> bool:
+    try:
+        pid = int(owner.get("pid"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        pid = None
+    if owner.get("host") != socket.gethostname() or pid is None:
+        return age < LOCK_STALE_S
+    if pid == os.getpid():
+        # Ours while our heartbeat keeps it fresh; older, a previous process with our pid left it
+        # (a restarted container).
+        return age < LOCK_STALE_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    if owner.get("host") == socket.gethostname():
-        pid = int(owner.get("pid", -1))
-        if pid == os.getpid():
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return age < LOCK_STALE_S * 10
-    return age < LOCK_STALE_S
+    except PermissionError:
+        pass
+    return age < LOCK_STALE_S * 10
 
 
 def lock_is_held(run_dir: str | Path) -> bool:
-    lock = Path(run_dir) / LOCK_FILE
-    owner = read_json(lock)
-    return owner is not None and _owner_alive(owner, lock)
+    return _lock_state(Path(run_dir) / LOCK_FILE)[0]
 
 
 class RunLock:
@@ -272,6 +307,9 @@ class RunLock:
 
     `with RunLock(run_dir):` raises RunLockedError when a live process holds it. A lock left by a
     dead process (same host: pid gone; other host: heartbeat older than LOCK_STALE_S) is taken over.
+    The lock file appears with its owner already in it (hard-linked from a written temporary
+    file), and a stale one is removed only under a second, short-lived claim (`lock.break`), so
+    processes starting together, or together finding a dead owner, never both get the run.
     """
 
     def __init__(self, run_dir: str | Path) -> None:
@@ -281,25 +319,64 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = read_json(self.path)
-                if owner is not None and _owner_alive(owner, self.path):
-                    raise RunLockedError(
-                        f"{self.path.parent}: run is being trained by {owner.get('host')} "
-                        f"pid {owner.get('pid')}; if that process is gone, delete {self.path}"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-                continue
+        for _ in range(50):
+            if self._create():
+                self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+                self._thread.start()
+                return
+            held, owner = _lock_state(self.path)
+            if held:
+                who = f"{owner.get('host')} pid {owner.get('pid')}" if owner else "another process"
+                raise RunLockedError(
+                    f"{self.path.parent}: run is being trained by {who}; if that process is "
+                    f"gone, delete {self.path}"
+                )
+            self._break_stale()
+        raise RunLockedError(f"{self.path}: could not claim the run lock")
+
+    def _create(self) -> bool:
+        fd, tmp = tempfile.mkstemp(prefix=f".{LOCK_FILE}.", dir=self.path.parent)
+        try:
             with os.fdopen(fd, "w") as fh:
                 json.dump(_lock_owner(), fh)
-            self._thread = threading.Thread(target=self._heartbeat, daemon=True)
-            self._thread.start()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links here: create, then fill (briefly empty, see above)
+                return self._create_exclusive()
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _create_exclusive(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            json.dump(_lock_owner(), fh)
+        return True
+
+    def _break_stale(self) -> None:
+        """Remove the lock if it is still stale, holding `lock.break` meanwhile: between one
+        process's check and its unlink, no other process can remove a lock just claimed."""
+        breaker = self.path.with_name(f"{LOCK_FILE}.break")
+        try:
+            os.close(os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - breaker.stat().st_mtime > LOCK_BREAK_STALE_S:
+                    breaker.unlink()  # its process died within the check
+            time.sleep(0.01 + 0.04 * random.random())
             return
-        raise RunLockedError(f"{self.path}: could not claim the run lock")
+        try:
+            if not _lock_state(self.path)[0]:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+        finally:
+            breaker.unlink()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(LOCK_HEARTBEAT_S):
@@ -310,8 +387,8 @@ class RunLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        owner = read_json(self.path)
-        if owner is not None and owner.get("pid") == os.getpid():
+        owner = read_json(self.path) or {}
+        if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 

@@ -77,9 +77,53 @@ def test_finished_run_is_not_trained_again(tiny_cfg, tmp_path, monkeypatch) -> N
 def test_folder_of_another_run_is_refused(tiny_cfg, tiny_overrides, tmp_path) -> None:
     engine.train(tiny_cfg, tmp_path, progress=False)
     other = load_config(None, [*tiny_overrides, "loss.photometric=l1"])
+    with pytest.raises(ConfigError, match="holds a different run"):  # not the other's result
+        engine.train(other, tmp_path, progress=False)
     (tmp_path / store.FINAL_FILE).unlink()
     with pytest.raises(ConfigError, match="holds a different run"):
         engine.train(other, tmp_path, progress=False)
+    # Without a readable config.yaml the checkpoint tells; nothing is overwritten or recorded.
+    (tmp_path / store.CONFIG_FILE).write_text("{broken")
+    with pytest.raises(ConfigError, match=f"{store.CHECKPOINT_FILE} is run {tiny_cfg.run_id()}"):
+        engine.train(other, tmp_path, progress=False)
+    assert (tmp_path / store.CONFIG_FILE).read_text() == "{broken"
+    assert not (tmp_path / store.ERROR_FILE).exists()
+
+
+def test_damaged_checkpoint_names_itself_and_partial_files_are_removed(tiny_cfg, tmp_path) -> None:
+    engine.train(tiny_cfg, tmp_path, progress=False)
+    (tmp_path / store.FINAL_FILE).unlink()
+    ckpt = tmp_path / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
+    whole = ckpt.read_bytes()
+    ckpt.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(TrainingError, match=f"{ckpt}: unreadable checkpoint"):
+        engine.train(tiny_cfg, tmp_path, progress=False)
+    ckpt.write_bytes(whole)
+    partial = ckpt.with_name(".state.killed.pt")  # a writer killed mid-way
+    partial.write_bytes(whole[:100])
+    engine.train(tiny_cfg, tmp_path, progress=False)
+    assert not partial.exists() and store.read_final(tmp_path) is not None
+
+
+def test_an_epoch_line_survives_a_crash_right_after_its_checkpoint(
+    tiny_overrides, tmp_path, monkeypatch
+) -> None:
+    cfg = load_config(None, [*tiny_overrides, "train.epochs=2"])
+    real = engine.save_checkpoint
+
+    def crash_after_first(run_dir, rt, optimizer, prog):
+        out = real(run_dir, rt, optimizer, prog)
+        if prog.epoch == 1:
+            raise _Stop
+        return out
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash_after_first)
+    with pytest.raises(_Stop):
+        engine.train(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(engine, "save_checkpoint", real)
+    engine.train(cfg, tmp_path, progress=False)
+    records = store.read_jsonl(tmp_path / store.METRICS_FILE)
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]
 
 
 class _Stop(Exception):

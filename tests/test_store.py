@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import socket
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +43,7 @@ def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path) -> None:
     path = tmp_path / store.METRICS_FILE
     for step in (1, 2, 3, 4):
         store.append_jsonl(path, {"step": step})
+    store.append_jsonl(path, {"step": None})  # damaged: not kept, and no crash
     store.truncate_metrics(path, 2)
     assert [r["step"] for r in store.read_jsonl(path)] == [1, 2]
 
@@ -86,6 +91,70 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path) -> None:
     with store.RunLock(tmp_path):
         owner = json.loads((tmp_path / store.LOCK_FILE).read_text())
         assert owner["pid"] == os.getpid()
+
+
+def _race_for_lock(path: str, barrier: Any, queue: mp.Queue) -> None:
+    barrier.wait()
+    try:
+        with store.RunLock(path):
+            queue.put("acquired")
+            time.sleep(1.0)  # hold it while the others try
+    except store.RunLockedError:
+        queue.put("locked")
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["free", "dead-owner"])
+def test_processes_racing_for_a_lock_get_it_once(tmp_path, stale: bool) -> None:
+    if stale:  # every racer finds the dead owner and tries to take the lock over
+        dead = {"host": socket.gethostname(), "pid": 2**22 + 12345, "time": 0}
+        (tmp_path / store.LOCK_FILE).write_text(json.dumps(dead))
+    ctx = mp.get_context("spawn")
+    n = 4
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [
+        ctx.Process(target=_race_for_lock, args=(str(tmp_path), barrier, queue)) for _ in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    results = sorted(queue.get(timeout=60) for _ in range(n))
+    for proc in procs:
+        proc.join(60)
+    assert results == ["acquired"] + ["locked"] * (n - 1)
+    assert not (tmp_path / store.LOCK_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary or break files left
+
+
+def _age(path: Path, seconds: float) -> None:
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "{not json", json.dumps({"host": socket.gethostname(), "pid": "abc"})],
+    ids=["empty", "garbage", "bad-pid"],
+)
+def test_a_lock_without_a_usable_owner_is_held_until_stale(tmp_path, content: str) -> None:
+    lock = tmp_path / store.LOCK_FILE
+    lock.write_text(content)
+    assert store.lock_is_held(tmp_path) and store.run_status(tmp_path) == "running"
+    with pytest.raises(store.RunLockedError, match="if that process is gone, delete"):
+        store.RunLock(tmp_path).acquire()
+    _age(lock, store.LOCK_STALE_S + 1)
+    assert not store.lock_is_held(tmp_path)
+    with store.RunLock(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_an_old_lock_with_our_own_pid_is_stale(tmp_path) -> None:
+    # A container restarted with the same hostname and pid finds its predecessor's lock.
+    lock = tmp_path / store.LOCK_FILE
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": 0}))
+    assert store.lock_is_held(tmp_path)  # fresh: as if this process held it
+    _age(lock, store.LOCK_STALE_S + 1)
+    with store.RunLock(tmp_path):
+        assert lock.exists()
+    assert not lock.exists()
 
 
 def test_lock_of_another_host_expires_with_its_heartbeat(tmp_path) -> None:
