@@ -760,6 +760,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_set_option(parser)
     args = parser.parse_args(argv)
+    for flag, least in (("batch", 1), ("steps", 1), ("warmup", 0), ("rounds", 1),
+                        ("data_batches", 1), ("pack", 1)):  # fmt: skip
+        if getattr(args, flag) < least:
+            parser.error(f"--{flag.replace('_', '-')} must be >= {least}")
     if args.variant:
         print(json.dumps(_one_variant(args)))
         return 0

@@ -28,6 +28,10 @@ def run_main(main: Callable[[], int | None]) -> None:
     except DepthcoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        # An output path naming a file where a folder belongs, or the reverse.
+        print(f"error: {exc}; choose another path", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -55,7 +55,9 @@ IntTuple = Annotated[
 
 class _Section(BaseModel):
     # strict: YAML "0.5" (a string) is not silently a float; ints are still accepted for floats.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 def _check_multiple_of_32(value: int) -> int:
@@ -263,6 +265,15 @@ class EvalConfig(_Section):
         if not value or any(s < 0 or s > 4 for s in value) or len(set(value)) != len(value):
             raise ValueError(f"must be distinct scales in 0..4, got {list(value)}")
         return tuple(sorted(value))
+
+    @model_validator(mode="after")
+    def _check_depth_range(self) -> EvalConfig:
+        if self.max_depth <= self.min_depth:
+            raise ValueError(
+                f"max_depth ({self.max_depth}) must be greater than min_depth ({self.min_depth}): "
+                "no ground truth would count"
+            )
+        return self
 
 
 class Config(_Section):
@@ -511,6 +522,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file")
     try:
         tree = yaml_load(path.read_text()) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

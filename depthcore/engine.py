@@ -390,7 +390,7 @@ class _Run:
     @property
     def gts(self) -> list[np.ndarray]:
         if self._gts is None:
-            self._gts = load_gt_depths(self.paths.gt_path)
+            self._gts = load_gt_depths(self.paths.gt_path, self.paths.test_files)
         return self._gts
 
 
@@ -423,16 +423,16 @@ def train(
 
 
 def _check_same_run(cfg: Config, run_dir: Path) -> None:
-    """A folder holding another run (by its config.yaml, final.json or checkpoint) is refused."""
+    """A folder holding another run (by its config.yaml, final.json or checkpoint) is refused.
+    One where nothing was trained yet (e.g. its data check failed) is free to reuse."""
     run_id = cfg.run_id()
-    existing = store.read_run_config(run_dir)
-    found = {
-        store.CONFIG_FILE: _run_id_of(existing) if existing is not None else None,
-        store.FINAL_FILE: (store.read_final(run_dir) or {}).get("run_id"),
-    }
-    if found[store.CONFIG_FILE] is None and store.has_checkpoint(run_dir):
-        # config.yaml unreadable or of an older schema: the checkpoint says whose it is.
-        found[store.CHECKPOINT_FILE] = _checkpoint_state(run_dir).get("run_id")
+    found = {store.FINAL_FILE: (store.read_final(run_dir) or {}).get("run_id")}
+    if store.has_checkpoint(run_dir):
+        existing = store.read_run_config(run_dir)
+        found[store.CONFIG_FILE] = _run_id_of(existing) if existing is not None else None
+        if found[store.CONFIG_FILE] is None:
+            # config.yaml unreadable or of an older schema: the checkpoint says whose it is.
+            found[store.CHECKPOINT_FILE] = _checkpoint_state(run_dir).get("run_id")
     for name, other in found.items():
         if other is not None and other != run_id:
             raise ConfigError(
@@ -476,9 +476,9 @@ def _setup(cfg: Config, run_dir: Path, report: ReportFn | None, progress: bool) 
     if store.has_checkpoint(run_dir):
         prog = load_checkpoint(run_dir, rt, optimizer)
     store.truncate_metrics(run_dir / store.METRICS_FILE, prog.step)
-    return _Run(
-        cfg, run_dir, rt, optimizer, make_step(rt, optimizer), paths, prog, report, progress
-    )
+    gts = load_gt_depths(paths.gt_path, paths.test_files)  # checked now, not after an epoch
+    step = make_step(rt, optimizer)
+    return _Run(cfg, run_dir, rt, optimizer, step, paths, prog, report, progress, gts)
 
 
 def build_runtime(cfg: Config, device: torch.device) -> Runtime:

@@ -190,7 +190,7 @@ def evaluate_weights(
     evaluation, _ = evaluate_model(
         models,
         build_test_loader(cfg, paths),
-        load_gt_depths(paths.gt_path),
+        load_gt_depths(paths.gt_path, paths.test_files),
         model_cfg=cfg.model,
         eval_cfg=cfg.eval,
         scales=scales,

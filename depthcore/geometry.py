@@ -108,6 +108,9 @@ def warp_many(sources: Tensor, depth: Tensor, K: Tensor, inv_K: Tensor, T: Tenso
         dtype = depth.dtype
         points = backproject(depth, inv_K.to(dtype))
         grid = project(points, K.to(dtype).unsqueeze(0), T.to(dtype), h, w)
+        # A diverged network gives NaN coordinates, and torch's CPU grid_sample backward
+        # segfaults on them; finite coordinates pass unchanged (the loss still stops the run).
+        grid = torch.nan_to_num(grid, nan=0.0, posinf=2.0, neginf=-2.0)
         flat = upcast(sources).to(dtype).reshape(n * b, c, h, w)
         out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=True)
         return out.reshape(n, b, c, h, w)

@@ -243,7 +243,12 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep file")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})"
+        ) from None
     try:
         tree = yaml_load(text) or {}
         lines = _key_lines(text)

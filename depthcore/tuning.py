@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -59,6 +60,7 @@ RAY_ENV = {
 # Failures that a retry in the same sweep invocation would only repeat (error.json "type").
 DETERMINISTIC_ERRORS = ("TrainingError", "DataError", "ConfigError")
 LOCK_POLL_S = float(os.environ.get("DEPTHSWEEP_LOCK_POLL_S", "10"))
+CONNECT_TIMEOUT_S = 10.0  # --address: how long a cluster's head may take to accept a connection
 
 
 def _say(message: str) -> None:
@@ -396,6 +398,7 @@ def _connect(address: str | None, dashboard: bool) -> Any:
     env = {"env_vars": dict(RAY_ENV)}
     try:
         if address is not None:
+            _check_reachable(address)
             return ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
         # "local", not None: None would join whatever /tmp/ray/ray_current_cluster names
         # (a `ray start` or a test cluster), silently running the sweep elsewhere.
@@ -418,6 +421,18 @@ def _connect(address: str | None, dashboard: bool) -> Any:
                 "export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or copy ~/.ray/auth_token)"
             ) from None
         raise
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable HOST:PORT for minutes; a plain TCP connect fails in seconds."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {exc}") from None
 
 
 def _print_dashboard(ctx: Any, out: Out) -> None:

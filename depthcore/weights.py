@@ -13,11 +13,30 @@ from depthcore.errors import DataError
 from depthcore.networks import Models, build_models, load_monodepth2
 
 
-def _base_tree(config: str | Path | None, weights: Path) -> dict:
+def _base_tree(config: str | Path | None, weights: Path, run_folder: bool) -> dict:
     if config is not None:
         return read_yaml(config)
     saved = store.read_run_config(weights)
+    if saved is None and run_folder:
+        raise DataError(
+            f"{weights / store.CONFIG_FILE}: missing or unreadable, so the networks' settings "
+            "are unknown; pass the run's config with --config"
+        )
     return saved if saved is not None else {}
+
+
+def _load_run_networks(ckpt: Path, cfg: Config) -> Models:
+    models = build_models(cfg.model.model_copy(update={"pretrained": False}))
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        models.load_state_dict(state["models"])
+    except Exception as exc:  # truncated file, not a checkpoint, other networks
+        detail = str(exc).splitlines()[0][:200]
+        raise DataError(
+            f"{ckpt}: cannot load the networks ({type(exc).__name__}: {detail}); the file is "
+            "damaged or was trained with other model.* settings than the config's"
+        ) from None
+    return models
 
 
 def load_weights(
@@ -34,12 +53,10 @@ def load_weights(
     """
     path = Path(weights)
     ckpt = path / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
-    tree = apply_overrides(_base_tree(config, path), overrides)
+    tree = apply_overrides(_base_tree(config, path, ckpt.is_file()), overrides)
     if ckpt.is_file():
         cfg = config_from_dict(tree, source=str(path / store.CONFIG_FILE))
-        models = build_models(cfg.model.model_copy(update={"pretrained": False}))
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        models.load_state_dict(state["models"])
+        models = _load_run_networks(ckpt, cfg)
     elif (path / "encoder.pth").is_file():
         cfg = config_from_dict(tree)
         models, height, width = load_monodepth2(path, cfg.model)

@@ -30,6 +30,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.max_concurrent is not None and args.max_concurrent < 1:
         parser.error("--max-concurrent must be >= 1")
+    if args.only is not None and not args.only.strip():
+        parser.error("--only needs a trial id, label, run id or unique id prefix")
+    if args.only is not None and args.dry_run:
+        parser.error("--only and --dry-run do not combine: --dry-run lists every trial")
 
     from depthcore import store
     from depthcore.sweep import expand, load_sweep, plan_lines
@@ -43,7 +47,7 @@ def main() -> int:
 
     from depthcore import tuning  # the only module that imports Ray
 
-    if args.only:
+    if args.only is not None:
         return tuning.run_one(sweep, args.only, args.results).exit_code
     return tuning.run_sweep(
         sweep,

@@ -24,6 +24,8 @@ def test_defaults_are_the_papers_settings() -> None:
         ("loss.w_c=-0.1", "loss.w_c: must be >= 0, got -0.1"),
         ("data.height=200", "data.height: must be a multiple of 32, got 200"),
         ("data.width=32", "data.width: must be at least 64, got 32"),
+        ("optim.lr=.inf", "optim.lr: input should be a finite number, got inf"),
+        ("eval.min_depth=100", "eval: max_depth (80.0) must be greater than min_depth (100.0)"),
         ("loss.ssim_wieght=0.3", "loss.ssim_wieght: unknown key (did you mean 'ssim_weight'?)"),
         ("train.device=gpu", "train.device: must be one of 'auto', 'cpu' or 'cuda', got 'gpu'"),
         ("loss.ssim_window=4", "loss.ssim_window: must be odd, got 4"),

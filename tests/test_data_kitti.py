@@ -174,6 +174,14 @@ def test_load_gt_depths_reads_monodepth2_style_files(tmp_path: Path) -> None:
     np.savez_compressed(tmp_path / "dense.npz", data=np.stack(maps))  # equal shapes, no objects
     assert [g.shape for g in load_gt_depths(tmp_path / "ragged.npz")] == [(4, 6), (5, 7)]
     assert [float(g[0, 0]) for g in load_gt_depths(tmp_path / "dense.npz")] == [2.0, 3.0]
+    split = tmp_path / "test_files.txt"
+    split.write_text("2011_09_26/2011_09_26_drive_0002_sync 69 l\n" * 3)
+    with pytest.raises(DataError, match=r"holds 2 depth maps, but the test split .* has 3 lines"):
+        load_gt_depths(tmp_path / "dense.npz", split)
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes((tmp_path / "ragged.npz").read_bytes()[:-40])
+    with pytest.raises(DataError, match=f"{damaged}: not a readable gt_depths.npz"):
+        load_gt_depths(damaged)
 
 
 # ----------------------------------------------------------------------------------------------

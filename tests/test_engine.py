@@ -14,7 +14,7 @@ import torch
 
 from depthcore import engine, store
 from depthcore.config import load_config
-from depthcore.errors import ConfigError, TrainingError
+from depthcore.errors import ConfigError, DataError, TrainingError
 from depthcore.metrics import METRIC_NAMES
 
 
@@ -88,6 +88,15 @@ def test_folder_of_another_run_is_refused(tiny_cfg, tiny_overrides, tmp_path) ->
         engine.train(other, tmp_path, progress=False)
     assert (tmp_path / store.CONFIG_FILE).read_text() == "{broken"
     assert not (tmp_path / store.ERROR_FILE).exists()
+
+
+def test_a_folder_where_nothing_was_trained_can_be_reused(tiny_overrides, tmp_path) -> None:
+    bad = load_config(None, [*tiny_overrides, "data.dataset=kitti", f"data.root={tmp_path / 'no'}"])
+    with pytest.raises(DataError):
+        engine.train(bad, tmp_path / "run", progress=False)
+    good = load_config(None, [*tiny_overrides, "train.epochs=1", "eval.every_epoch=false"])
+    final = engine.train(good, tmp_path / "run", progress=False)
+    assert final["run_id"] == good.run_id()
 
 
 def test_damaged_checkpoint_names_itself_and_partial_files_are_removed(tiny_cfg, tmp_path) -> None:
@@ -307,3 +316,25 @@ def test_pose_stream_is_a_cuda_switch(tiny_overrides) -> None:
     # On the CPU there are no streams: the setting is ignored, as train.amp is.
     cfg = load_config(None, [*tiny_overrides, "train.pose_stream=true"])
     assert engine.build_runtime(cfg, torch.device("cpu")).pose_stream is None
+
+
+def test_load_weights_of_a_run_folder_and_its_errors(tiny_cfg, tmp_path) -> None:
+    from depthcore.errors import DataError
+    from depthcore.weights import load_weights
+
+    run = tmp_path / "run"
+    engine.train(tiny_cfg, run, progress=False)
+    models, cfg = load_weights(run)
+    assert cfg.run_id() == tiny_cfg.run_id()
+    saved = _weights(run)
+    assert all(torch.equal(v, saved[k]) for k, v in models.state_dict().items())
+    with pytest.raises(DataError, match=r"other model\.\* settings"):  # a different decoder
+        load_weights(run, overrides=["model.upsample=subpixel"])
+    (run / store.CONFIG_FILE).rename(tmp_path / "config.yaml")
+    with pytest.raises(DataError, match="pass the run's config with --config"):
+        load_weights(run)
+    assert load_weights(run, config=tmp_path / "config.yaml")[1].run_id() == tiny_cfg.run_id()
+    ckpt = run / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(DataError, match=f"{ckpt}: cannot load the networks"):
+        load_weights(run, config=tmp_path / "config.yaml")

@@ -140,3 +140,17 @@ def test_pixel_grid_is_cached_and_usable_after_inference_mode() -> None:
     K = torch.eye(4).unsqueeze(0)
     warp(torch.rand(1, 3, 5, 7), depth, K, K, _translation((0.1, 0, 0), 1).float()).sum().backward()
     assert depth.grad is not None
+
+
+def test_a_diverged_depth_warps_without_crashing() -> None:
+    # torch's CPU grid_sample backward segfaults on NaN coordinates (a diverged network).
+    src = torch.stack([_texture(seed=1)])
+    K, inv_K = _intrinsics(b=2, dtype=torch.float32)
+    depth = 2 + torch.rand(2, 1, H, W)
+    depth[:, :, :4, :5] = float("nan")
+    depth.requires_grad_(True)
+    out = warp_many(src.float(), depth, K, inv_K, _translation((0.1, 0.0, 0.0))[None].float())
+    out.sum().backward()
+    finite = torch.ones_like(depth, dtype=torch.bool)
+    finite[:, :, :4, :5] = False
+    assert torch.isfinite(depth.grad[finite]).all()

@@ -394,3 +394,19 @@ def test_a_stopped_trial_is_interrupted_not_failed(tmp_path: Path) -> None:
     assert store.run_status(run_dir) == "interrupted"
     assert execute_trial(trial, run_dir, fake_train)["epochs"] == 2
     assert [a["start_epoch"] for a in store.read_jsonl(run_dir / ATTEMPTS)] == [0, 1]
+
+
+def test_an_unreachable_address_fails_fast() -> None:
+    import socket
+
+    from depthcore.tuning import _check_reachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        _check_reachable(f"127.0.0.1:{port}")
+        _check_reachable(f"ray://127.0.0.1:{port}")
+    with pytest.raises(ConnectionError, match=f"nothing answers at 127.0.0.1:{port}"):
+        _check_reachable(f"127.0.0.1:{port}")  # closed now: Ray itself would retry for minutes
+    _check_reachable("auto")  # resolved by Ray

@@ -159,16 +159,30 @@ def save_gt_depths(path: str | Path, maps: Sequence[np.ndarray]) -> None:
         np.savez_compressed(fh, data=data)
 
 
-def load_gt_depths(path: str | Path | None) -> list[np.ndarray]:
-    """The maps of a gt_depths.npz (Monodepth2's format; object arrays need allow_pickle)."""
+def load_gt_depths(
+    path: str | Path | None, test_files: str | Path | None = None
+) -> list[np.ndarray]:
+    """The maps of a gt_depths.npz (Monodepth2's format; object arrays need allow_pickle); with
+    `test_files`, there must be one map per line of that split."""
     if path is None:
         raise DataError("no ground truth: gt_depths.npz was not found (see resolve_data)")
     path = Path(path)
     try:
         with np.load(path, allow_pickle=True, fix_imports=True, encoding="latin1") as npz:
             data = npz["data"]
+        maps = [np.asarray(depth, dtype=np.float32) for depth in data]
     except FileNotFoundError:
         raise DataError(f"{path}: ground-truth file not found") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: not a gt_depths.npz with a 'data' array ({exc})") from None
-    return [np.asarray(depth, dtype=np.float32) for depth in data]
+    except Exception as exc:  # damaged zip or pickle: numpy and pickle raise many kinds
+        raise DataError(
+            f"{path}: not a readable gt_depths.npz with a 'data' array ({type(exc).__name__}: "
+            f"{exc}); export it again with runners/export_gt.py"
+        ) from None
+    if test_files is not None:
+        lines = len(read_split(test_files))
+        if len(maps) != lines:
+            raise DataError(
+                f"{path}: holds {len(maps)} depth maps, but the test split {test_files} has "
+                f"{lines} lines; export the ground truth of this split with runners/export_gt.py"
+            )
+    return maps
