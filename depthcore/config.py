@@ -391,6 +391,24 @@ YamlLoader.add_implicit_resolver(
 )
 
 
+def _mapping_without_duplicates(loader: YamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    # PyYAML keeps the last of two equal keys; in a config that hides a mistake.
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in this mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+YamlLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
 def yaml_load(text: str) -> Any:
     """Parse YAML text with `YamlLoader` (safe; `1e-4` is a float)."""
     return yaml.load(text, Loader=YamlLoader)

@@ -24,6 +24,15 @@ def _load_image(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({exc})") from None
 
 
+def _check_image(path: Path) -> None:
+    """An image file Pillow can identify and whose data is intact, without decoding it."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as exc:  # Pillow's verify raises several kinds for damaged files
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+
+
 def colorize(disp: np.ndarray) -> np.ndarray:
     """Magma colour map, vmax at the 95th percentile (as test_simple); (H, W, 3) uint8."""
     from matplotlib import colormaps
@@ -60,6 +69,15 @@ def predict_files(
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise DataError(f"no such image: {', '.join(missing)}")
+    stems = [Path(p).stem for p in images]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise DataError(
+            f"images with the same name {', '.join(twice)} would write the same "
+            "<stem>_disp files; predict them into separate --out folders"
+        )
+    for path in map(Path, images):  # all readable before any output is written
+        _check_image(path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models.eval()

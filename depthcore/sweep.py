@@ -368,8 +368,19 @@ def _validate_keys(sweep: Sweep) -> None:
         _require_config_key(sweep, key, ("search", "space", key))
     for i, entry in enumerate(spec.trials):
         _validate_trial_entry(sweep, i, entry)
+    baselines = [i for i, entry in enumerate(spec.trials) if entry.get("role") == "baseline"]
+    if len(baselines) > 1:
+        raise ConfigError(
+            f"{sweep.where('trials', baselines[1], 'role')}: a second baseline (the first is "
+            f"trials item {baselines[0] + 1}); the report compares every row with one baseline"
+        )
     if spec.search.method == "optuna":
         _validate_optuna(sweep)
+    elif not spec.trials and not spec.grid:
+        raise ConfigError(
+            f"{sweep.where('name')}: the sweep has no trials; add a grid: or trials: section "
+            "(or search: optuna with a space:)"
+        )
 
 
 def _validate_trial_entry(sweep: Sweep, i: int, entry: Mapping[str, Any]) -> None:

@@ -338,3 +338,31 @@ def test_load_weights_of_a_run_folder_and_its_errors(tiny_cfg, tmp_path) -> None
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(DataError, match=f"{ckpt}: cannot load the networks"):
         load_weights(run, config=tmp_path / "config.yaml")
+
+
+def test_predict_files_checks_every_image_before_writing(tiny_cfg, tmp_path) -> None:
+    from PIL import Image
+
+    from depthcore.errors import DataError
+    from depthcore.networks import build_models
+    from depthcore.predict import predict_files
+
+    models = build_models(tiny_cfg.model)
+    rng = np.random.default_rng(0)
+    good = tmp_path / "a" / "frame.png"
+    good.parent.mkdir()
+    Image.fromarray(rng.integers(0, 255, (75, 248, 3), dtype=np.uint8)).save(good)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    twin = tmp_path / "b" / "frame.jpg"
+    twin.parent.mkdir()
+    Image.open(good).save(twin)
+    opts = {"cfg_model": tiny_cfg.model, "cfg_data": tiny_cfg.data}
+    with pytest.raises(DataError, match=f"{bad}: cannot read image"):
+        predict_files(models, [good, bad], tmp_path / "out", **opts)
+    with pytest.raises(DataError, match="same name frame"):
+        predict_files(models, [good, twin], tmp_path / "out", **opts)
+    assert not (tmp_path / "out").exists()
+    written = predict_files(models, [good], tmp_path / "out", **opts)
+    assert [p.name for p in written] == ["frame_disp.npy", "frame_disp.png"]
+    assert np.load(written[0]).shape == (1, 1, 64, 192)

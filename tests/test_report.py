@@ -257,6 +257,17 @@ HEADER = "loss.w_c," + ",".join(METRIC_NAMES)
         (f"{HEADER},role\n0.5,0.1,0.8,4.8,0.19,0.87,0.95,0.98,base\n", ["column role", "baseline"]),
         (f"{HEADER}\n", ["no rows"]),
         ("", ["not a readable CSV"]),
+        (f"{HEADER},status\n0.5,0.1,0.8,4.8,0.19,0.87,0.95,0.98,x\n", ["column 'status'"]),
+        (
+            f"{HEADER},abs_rel\n0.5,0.1,0.8,4.8,0.19,0.87,0.95,0.98,0.2\n",
+            ["'abs_rel' appears twice"],
+        ),
+        (f"{HEADER}\n0.5,0.1,0.8,4.8,0.19,86.9,0.95,0.98\n", ["column a1, row 2", "not 86.9"]),
+        (f"{HEADER}\n0.5,-0.1,0.8,4.8,0.19,0.87,0.95,0.98\n", ["column abs_rel", "out of range"]),
+        (
+            f"{HEADER},role\n" + "0.5,0.1,0.8,4.8,0.19,0.87,0.95,0.98,baseline\n" * 2,
+            ["rows 2 and 3 are both role=baseline"],
+        ),
     ],
 )
 def test_bad_csv_names_the_column_and_row(tmp_path: Path, text: str, needles: list[str]) -> None:

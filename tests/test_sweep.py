@@ -334,6 +334,15 @@ def test_optuna_sweep_has_no_fixed_trials_but_validates_samples() -> None:
             "grid.model.scales[0]: model.scales: must include 0",
         ),
         ("name: x\n  bad: [\n", "line 2: invalid YAML"),
+        ("name: x\nbase: {}\n", "line 1: name: the sweep has no trials"),
+        (
+            "name: x\ntrials:\n  - {role: baseline}\n  - {role: baseline, loss.w_c: 0.1}\n",
+            "line 4: trials[1].role: a second baseline",
+        ),
+        (
+            "name: x\ngrid:\n  loss.w_c: [0.1]\n  loss.w_c: [0.2]\n",
+            "line 4: invalid YAML (key 'loss.w_c' appears twice in this mapping)",
+        ),
     ],
 )
 def test_invalid_sweep_files(tmp_path: Path, text: str, message: str) -> None:

@@ -230,8 +230,14 @@ def load_csv(path: Path, *, name: str | None = None, dataset: str | None = "kitt
             f"{path}: missing metric column(s) {', '.join(missing)}; found columns "
             f"{', '.join(map(str, table.columns))}; a CSV needs {', '.join(METRIC_NAMES)}"
         )
+    _check_csv_columns(path, [str(c) for c in table.columns])
     params = tuple(str(c) for c in table.columns if c not in (*METRIC_NAMES, *CSV_RESERVED))
     rows = [_csv_row(path, table, i, params) for i in range(len(table))]
+    baselines = [i + 2 for i, row in enumerate(rows) if row["role"] == BASELINE]
+    if len(baselines) > 1:
+        raise DataError(
+            f"{path}: rows {baselines[0]} and {baselines[1]} are both role=baseline; mark one"
+        )
     runs = _runs_frame(rows, params)
     return SweepData(name or _safe_name(path.stem), params, runs, dataset, METRIC_NAMES[0], "csv")
 
@@ -247,6 +253,21 @@ def _read_csv_text(path: Path) -> pd.DataFrame:
     if table.empty:
         raise DataError(f"{path}: no rows; write one row per run below the header")
     return table.map(str.strip)
+
+
+# Columns the report itself keeps per run: a CSV column of that name would collide.
+_CSV_INTERNAL = ("trial_id", "run_id", "status", "message", "run_dir", "config")
+
+
+def _check_csv_columns(path: Path, columns: list[str]) -> None:
+    for column in columns:
+        if column in _CSV_INTERNAL:
+            raise DataError(
+                f"{path}: column {column!r} is a name the report uses itself; rename it"
+            )
+        base, dot, suffix = column.rpartition(".")
+        if dot and suffix.isdigit() and base in columns:  # pandas' name for a repeated header
+            raise DataError(f"{path}: column {base!r} appears twice in the header")
 
 
 def _csv_row(path: Path, table: pd.DataFrame, i: int, params: tuple[str, ...]) -> dict[str, Any]:
@@ -267,6 +288,11 @@ def _csv_row(path: Path, table: pd.DataFrame, i: int, params: tuple[str, ...]) -
     }
     row.update({k: _csv_param(raw[k]) for k in params})
     row.update({m: _csv_number(path, m, line, raw[m], required=True) for m in METRIC_NAMES})
+    for m in METRIC_NAMES:
+        fraction = m in ("a1", "a2", "a3")
+        if row[m] < 0 or (fraction and row[m] > 1):
+            hint = " (a fraction: write 0.869, not 86.9)" if fraction else ""
+            raise DataError(f"{path}: column {m}, row {line}: {row[m]:g} is out of range{hint}")
     return row
 
 
