@@ -587,6 +587,9 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
     steps, warmup, rounds = options["steps"], options["warmup"], options.get("rounds", 1)
     if rounds < 1 or steps < 1:
         raise ConfigError(f"--rounds and --steps must be >= 1, got {rounds} and {steps}")
+    for flag, least in (("warmup", 0), ("data_batches", 1), ("pack", 1)):
+        if options.get(flag, least) < least:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= {least}, got {options[flag]}")
     rows = options.get("profile")
     if rows is not None and rows < 1:
         raise ConfigError(f"--profile ROWS must be >= 1, got {rows}")
@@ -760,10 +763,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_set_option(parser)
     args = parser.parse_args(argv)
-    for flag, least in (("batch", 1), ("steps", 1), ("warmup", 0), ("rounds", 1),
-                        ("data_batches", 1), ("pack", 1)):  # fmt: skip
-        if getattr(args, flag) < least:
-            parser.error(f"--{flag.replace('_', '-')} must be >= {least}")
     if args.variant:
         print(json.dumps(_one_variant(args)))
         return 0

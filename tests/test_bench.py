@@ -108,6 +108,8 @@ def test_speedup_is_the_median_of_per_round_ratios() -> None:
     ("args", "message"),
     [
         (["--rounds", "0"], "--rounds and --steps must be >= 1"),
+        (["--data-batches", "0"], "--data-batches must be >= 1, got 0"),
+        (["--pack", "0"], "--pack must be >= 1, got 0"),
         (["--size", "192by640"], "--size '192by640': expected HEIGHTxWIDTH"),
         (["--set", "data.height=100"], "data.height: must be a multiple of 32"),
         (["--profile", "0"], "--profile ROWS must be >= 1, got 0"),
