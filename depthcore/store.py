@@ -337,6 +337,7 @@ class RunLock:
     def _create(self) -> bool:
         fd, tmp = tempfile.mkstemp(prefix=f".{LOCK_FILE}.", dir=self.path.parent)
         try:
+            os.fchmod(fd, _FILE_MODE)  # readable by whoever reads the results, like the old lock
             with os.fdopen(fd, "w") as fh:
                 json.dump(_lock_owner(), fh)
             try:

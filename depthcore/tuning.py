@@ -430,7 +430,7 @@ def _check_reachable(address: str) -> None:
     if not host or not port.isdigit():
         return  # "auto", or a form Ray resolves itself
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         raise ConnectionError(f"nothing answers at {host}:{port}: {exc}") from None
 
