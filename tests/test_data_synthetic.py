@@ -239,3 +239,20 @@ def test_make_synthetic_runner(tmp_path: Path) -> None:
         [*script, "--size", "96by32"], capture_output=True, text=True, cwd=REPO, timeout=120
     )
     assert size.returncode == 2 and "WIDTHxHEIGHT" in size.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--drives", "1"], "error: --drives (drives): must be >= 2, got 1"),
+        (["--workers", "0"], "--workers must be >= 1"),
+    ],
+)
+def test_make_synthetic_runner_names_its_own_flags(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "drives"
+    cmd = [sys.executable, "runners/make_synthetic.py", "--out", str(out), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not out.exists()
