@@ -385,13 +385,7 @@ class _Run:
     prog: Progress
     report: ReportFn | None
     progress_bar: bool
-    _gts: list[np.ndarray] | None = None
-
-    @property
-    def gts(self) -> list[np.ndarray]:
-        if self._gts is None:
-            self._gts = load_gt_depths(self.paths.gt_path, self.paths.test_files)
-        return self._gts
+    gts: list[np.ndarray]  # loaded and counted against the test split at setup
 
 
 def train(
@@ -404,8 +398,8 @@ def train(
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with store.RunLock(run_dir):
-        _check_same_run(cfg, run_dir)  # before anything is read as this run's or written
         final = store.read_final(run_dir)
+        _check_same_run(cfg, run_dir, final)  # before anything is taken as this run's or written
         if final is not None:
             return final
         store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
@@ -422,11 +416,11 @@ def train(
             raise
 
 
-def _check_same_run(cfg: Config, run_dir: Path) -> None:
-    """A folder holding another run (by its config.yaml, final.json or checkpoint) is refused.
+def _check_same_run(cfg: Config, run_dir: Path, final: dict[str, Any] | None) -> None:
+    """A folder holding another run (by its final.json, config.yaml or checkpoint) is refused.
     One where nothing was trained yet (e.g. its data check failed) is free to reuse."""
     run_id = cfg.run_id()
-    found = {store.FINAL_FILE: (store.read_final(run_dir) or {}).get("run_id")}
+    found = {store.FINAL_FILE: (final or {}).get("run_id")}
     if store.has_checkpoint(run_dir):
         existing = store.read_run_config(run_dir)
         found[store.CONFIG_FILE] = _run_id_of(existing) if existing is not None else None
