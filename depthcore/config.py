@@ -9,15 +9,12 @@ a raw dict. Defaults are the paper's settings (batch 8, 1000-step warm-up, seed 
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
-import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -29,6 +26,7 @@ from pydantic import (
 )
 
 from depthcore.errors import ConfigError
+from depthcore.yamlio import dump_yaml, format_validation_error, parse_override, read_yaml
 
 __all__ = [
     "Config",
@@ -41,9 +39,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
-    "format_validation_error",
     "load_config",
-    "parse_override",
 ]
 
 PhotometricKind = Literal["standard", "ssim_m", "ssim_a", "l1"]
@@ -301,7 +297,7 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict())
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same experiment.
@@ -367,66 +363,7 @@ _PATH_KEYS = (
 
 
 # ----------------------------------------------------------------------------------------------
-# Loading, overrides and error messages
-
-
-class YamlLoader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-4` as a float (YAML 1.2), as researchers write learning rates.
-
-    PyYAML follows YAML 1.1, where a float needs a dot (`1.0e-4`) and `1e-4` is a string.
-    """
-
-
-YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def _mapping_without_duplicates(loader: YamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    # PyYAML keeps the last of two equal keys; in a config that hides a mistake.
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if not isinstance(key, Hashable):
-            continue  # a complex key: construct_mapping reports it
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in this mapping", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-YamlLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
-)
-
-
-def yaml_load(text: str) -> Any:
-    """Parse YAML text with `YamlLoader` (safe; `1e-4` is a float)."""
-    return yaml.load(text, Loader=YamlLoader)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Parse `dotted.key=value`; the value is read as YAML (`0.5`, `true`, `[0, 1]`, `null`)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r}: expected dotted.key=value, e.g. loss.w_c=0.5")
-    try:
-        value = yaml_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from exc
-    return key, value
+# Overrides, loading and validation
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -453,66 +390,6 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def _known_keys(loc: Sequence[str | int]) -> list[str]:
-    model: type[BaseModel] = Config
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        ann = field.annotation if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
-
-
-def _describe(err: Mapping[str, Any]) -> str:
-    kind, ctx = err["type"], err.get("ctx") or {}
-    loc = [str(p) for p in err["loc"]]
-    got = f", got {err['input']!r}" if "input" in err else ""
-    if kind == "extra_forbidden":
-        known = _known_keys(loc)
-        close = difflib.get_close_matches(loc[-1], known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key{hint}; known: {', '.join(known)}"
-    bounds = {
-        "greater_than_equal": ">=",
-        "greater_than": ">",
-        "less_than_equal": "<=",
-        "less_than": "<",
-    }
-    if kind in bounds:
-        (limit,) = ctx.values()
-        if isinstance(limit, float) and limit.is_integer():
-            limit = int(limit)
-        return f"must be {bounds[kind]} {limit}{got}"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}{got}"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return f"{err['msg'].rstrip('.').lower()}{got}"
-
-
-def _dotted_loc(loc: Sequence[str | int]) -> str:
-    # pydantic appends the union member tried ("int", "literal['auto']") to the location.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))]
-    return ".".join(parts) or "config"
-
-
-_TYPE_TAGS = {"int", "float", "str", "bool", "none", "tuple", "list"}
-
-
-def format_validation_error(exc: ValidationError, source: str = "") -> str:
-    """One line per problem: `loss.w_c: must be >= 0, got -0.1`."""
-    seen: dict[str, str] = {}
-    for err in exc.errors(include_url=False):
-        key = _dotted_loc(err["loc"])
-        seen.setdefault(key, f"{key}: {_describe(err)}")
-    where = f"{source}: " if source else ""
-    lines = list(seen.values())
-    if len(lines) == 1:
-        return where + lines[0]
-    return f"{where}{len(lines)} problems:\n  " + "\n  ".join(lines)
-
-
 def _absolutize_paths(tree: dict[str, Any], base_dir: Path) -> None:
     for section, key in _PATH_KEYS:
         node = tree.get(section)
@@ -532,27 +409,7 @@ def config_from_dict(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file (and line, for syntax errors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        tree = yaml_load(path.read_text()) or {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return tree
+        raise ConfigError(format_validation_error(exc, Config, source=source)) from None
 
 
 def apply_overrides(tree: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -18,31 +18,37 @@ deterministic list of `Trial`s, each holding a validated `Config` and its conten
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from depthcore.config import (
-    Config,
-    YamlLoader,
-    apply_overrides,
-    config_from_dict,
-    deep_merge,
-    parse_override,
-    read_yaml,
-    set_dotted,
-    yaml_load,
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
+
+from depthcore.config import Config, apply_overrides, config_from_dict, deep_merge, set_dotted
 from depthcore.errors import ConfigError
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
+from depthcore.yamlio import (
+    KeyPath,
+    did_you_mean,
+    format_loc,
+    format_validation_error,
+    line_of,
+    parse_override,
+    read_yaml,
+    read_yaml_document,
+)
 
 __all__ = [
     "Range",
@@ -142,12 +148,21 @@ class Search(_Strict):
         return self
 
 
+def _values_list(value: Any) -> Any:
+    # The usual slip is a single value (`loss.w_c: 0.5`); say what a grid axis looks like.
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of values, e.g. [0.4, 0.5], got {value!r}")
+    return value
+
+
 class SweepFile(_Strict):
     """The keys of a sweep file (see the module docstring and README.md, "Sweep-file reference")."""
 
     name: str
     base: Any = Field(default_factory=dict, description="config path, inline keys, or a list")
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    grid: dict[str, Annotated[list[Any], BeforeValidator(_values_list)]] = Field(
+        default_factory=dict
+    )
     trials: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] | None = None
     search: Search = Search()
@@ -200,7 +215,7 @@ class Sweep:
     base: dict[str, Any]  # the engine config tree after `base` and --set overrides
     path: Path | None
     cwd: Path  # relative data paths resolve against it
-    lines: Mapping[tuple[str | int, ...], int]
+    lines: Mapping[KeyPath, int]
 
     @property
     def name(self) -> str:
@@ -212,9 +227,9 @@ class Sweep:
 
     def where(self, *loc: str | int) -> str:
         """'file line N: grid.loss.w_c' for error messages."""
-        line = _line_of(self.lines, loc)
+        line = line_of(self.lines, loc)
         at = f" line {line}" if line else ""
-        return f"{self.source}{at}: {_loc_str(loc)}" if loc else f"{self.source}{at}"
+        return f"{self.source}{at}: {format_loc(loc)}" if loc else f"{self.source}{at}"
 
 
 @dataclass(frozen=True)
@@ -240,23 +255,8 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     Every trial's config is built and validated here, so a sweep that loads will not fail on a
     config problem later. Raises ConfigError naming the file, line and key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such sweep file")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})"
-        ) from None
-    try:
-        tree = yaml_load(text) or {}
-        lines = _key_lines(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    return sweep_from_dict(tree, path=path, overrides=overrides, lines=lines)
+    doc = read_yaml_document(path, kind="sweep", expected="a mapping with name, base, grid, ...")
+    return sweep_from_dict(doc.data, path=Path(path), overrides=overrides, lines=doc.lines)
 
 
 def sweep_from_dict(
@@ -264,7 +264,7 @@ def sweep_from_dict(
     *,
     path: Path | None = None,
     overrides: Sequence[str] = (),
-    lines: Mapping[tuple[str | int, ...], int] | None = None,
+    lines: Mapping[KeyPath, int] | None = None,
     cwd: Path | None = None,
 ) -> Sweep:
     """Validate a sweep given as a dict (`path` only places relative base files and messages)."""
@@ -274,7 +274,9 @@ def sweep_from_dict(
     try:
         spec = SweepFile.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source, lines or {})) from None
+        raise ConfigError(
+            format_validation_error(exc, SweepFile, source=source, lines=lines)
+        ) from None
     sweep = Sweep(spec, {}, path, (cwd or Path.cwd()).resolve(), dict(lines or {}))
     base = _resolve_base(sweep, spec.base)
     _build(sweep, base, "base")
@@ -292,7 +294,7 @@ def _resolve_base(sweep: Sweep, base: Any) -> dict[str, Any]:
     parts = base if isinstance(base, list) else [base]
     tree: dict[str, Any] = {}
     for i, part in enumerate(parts):
-        loc: tuple[str | int, ...] = ("base", i) if isinstance(base, list) else ("base",)
+        loc: KeyPath = ("base", i) if isinstance(base, list) else ("base",)
         if isinstance(part, str):
             tree = deep_merge(tree, _read_base_file(sweep, part, loc))
         elif isinstance(part, dict):
@@ -305,7 +307,7 @@ def _resolve_base(sweep: Sweep, base: Any) -> dict[str, Any]:
     return tree
 
 
-def _read_base_file(sweep: Sweep, name: str, loc: tuple[str | int, ...]) -> dict[str, Any]:
+def _read_base_file(sweep: Sweep, name: str, loc: KeyPath) -> dict[str, Any]:
     path = Path(name).expanduser()
     if not path.is_absolute():
         path = (sweep.path.parent if sweep.path else sweep.cwd) / path
@@ -317,7 +319,7 @@ def _read_base_file(sweep: Sweep, name: str, loc: tuple[str | int, ...]) -> dict
     return read_yaml(path)
 
 
-def _undot(tree: Mapping[str, Any], sweep: Sweep, loc: tuple[str | int, ...]) -> dict[str, Any]:
+def _undot(tree: Mapping[str, Any], sweep: Sweep, loc: KeyPath) -> dict[str, Any]:
     """Inline base keys may be nested sections or dotted keys (`loss.w_c: 0.5`)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
@@ -397,8 +399,7 @@ def _validate_trial_entry(sweep: Sweep, i: int, entry: Mapping[str, Any]) -> Non
                     f"{sweep.where('trials', i, key)}: must be 'baseline' or absent, got {value!r}"
                 )
         elif "." not in key:
-            close = difflib.get_close_matches(key, TRIAL_META, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, TRIAL_META)
             raise ConfigError(
                 f"{sweep.where('trials', i, key)}: unknown key{hint}; a trial holds dotted config "
                 "keys (section.key, e.g. loss.w_c) plus optional label and role"
@@ -426,7 +427,7 @@ def _validate_optuna(sweep: Sweep) -> None:
         )
 
 
-def _require_config_key(sweep: Sweep, key: str, loc: tuple[str | int, ...]) -> None:
+def _require_config_key(sweep: Sweep, key: str, loc: KeyPath) -> None:
     problem = config_key_problem(key)
     if problem:
         raise ConfigError(f"{sweep.where(*loc)}: {problem}")
@@ -461,13 +462,12 @@ def _config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]
 
 def _suggest(key: str) -> str:
     known = _config_keys()
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if not close:
-        last = key.rsplit(".", 1)[-1]
-        close = [k for k in known if k.rsplit(".", 1)[-1] == last][:1]
-    if not close:
-        return "; config keys look like loss.w_c, model.upsample, train.epochs"
-    return f" (did you mean {close[0]!r}?)"
+    hint = did_you_mean(key, known)
+    # A key in the wrong section (train.w_c) is close to no full key but ends like one.
+    same_end = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+    if not hint and same_end:
+        hint = f" (did you mean {same_end[0]!r}?)"
+    return hint or "; config keys look like loss.w_c, model.upsample, train.epochs"
 
 
 def _validate_axes(sweep: Sweep) -> None:
@@ -480,9 +480,9 @@ def _validate_axes(sweep: Sweep) -> None:
             _build(sweep, _with(sweep.base, {key: value}), sweep.where("search", "space", key))
     space = sweep.file.search.space
     for pick in (0, -1):  # all lows together, then all highs
-        values = {k: r.corners()[pick] for k, r in space.items() if r.choice is None}
-        if values:
-            _build(sweep, _with(sweep.base, values), sweep.where("search", "space"))
+        ends = {k: r.corners()[pick] for k, r in space.items() if r.choice is None}
+        if ends:
+            _build(sweep, _with(sweep.base, ends), sweep.where("search", "space"))
 
 
 def _build(sweep: Sweep, tree: dict[str, Any], where: str) -> Config:
@@ -523,10 +523,11 @@ def expand(sweep: Sweep) -> list[Trial]:
     for combo in combos:
         entries.append((dict(zip(axes, combo, strict=True)), None, None, "grid"))
     names = _short_names([k for params, *_ in entries for k in params])
+    seeds: list[int | None] = [*spec.seeds] if spec.seeds else [None]
     trials = [
         _make_trial(sweep, params, label, role, seed, names, where)
         for params, label, role, where in entries
-        for seed in spec.seeds or [None]
+        for seed in seeds
     ]
     _check_unique_ids(sweep, trials)
     return trials
@@ -668,90 +669,3 @@ def _optuna_plan(sweep: Sweep) -> list[str]:
     lines += [f"  {key} ~ {rng.describe()}" for key, rng in search.space.items()]
     lines.append(f"{search.n_trials} trials")
     return lines
-
-
-# ----------------------------------------------------------------------------------------------
-# Error messages with file lines
-
-
-def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
-    """(key, index, ...) path -> 1-based line, from the YAML node tree."""
-    lines: dict[tuple[str | int, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                sub = (*path, str(key.value))
-                lines[sub] = key.start_mark.line + 1
-                walk(value, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, value in enumerate(node.value):
-                lines[(*path, i)] = value.start_mark.line + 1
-                walk(value, (*path, i))
-
-    root = yaml.compose(text, Loader=YamlLoader)
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
-def _line_of(lines: Mapping[tuple[str | int, ...], int], loc: Sequence[str | int]) -> int | None:
-    for n in range(len(loc), 0, -1):
-        line = lines.get(tuple(loc[:n]))
-        if line:
-            return line
-    return None
-
-
-def _loc_str(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _format_errors(
-    exc: ValidationError, source: str, lines: Mapping[tuple[str | int, ...], int]
-) -> str:
-    messages: dict[str, str] = {}
-    for err in exc.errors(include_url=False):
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and "[" in p)]
-        line = _line_of(lines, loc)
-        at = f" line {line}" if line else ""
-        key = _loc_str(loc) or "sweep"
-        messages.setdefault(key, f"{source}{at}: {key}: {_describe(err, loc)}")
-    found = list(messages.values())
-    return found[0] if len(found) == 1 else f"{len(found)} problems:\n  " + "\n  ".join(found)
-
-
-def _describe(err: Mapping[str, Any], loc: Sequence[str | int]) -> str:
-    kind, ctx = err["type"], err.get("ctx") or {}
-    got = f", got {err['input']!r}" if "input" in err and kind != "missing" else ""
-    if kind == "extra_forbidden":
-        known = _known_fields(loc)
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key{hint}; known: {', '.join(known)}"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    if kind in ("list_type", "dict_type") and loc and loc[0] == "grid":
-        return f"must be a list of values, e.g. [0.4, 0.5]{got}"
-    return f"{err['msg'].rstrip('.').lower()}{got}"
-
-
-def _known_fields(loc: Sequence[str | int]) -> list[str]:
-    """The keys allowed where an unknown one was found (for 'did you mean')."""
-    model: type[BaseModel] = SweepFile
-    parts, i = list(loc[:-1]), 0
-    while i < len(parts):
-        if model is Search and parts[i] == "space":
-            model, i = Range, i + 2  # search.space.<dotted key>.<range field>
-            continue
-        field = model.model_fields.get(str(parts[i]))
-        ann = field.annotation if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            break
-        model, i = ann, i + 1
-    return list(model.model_fields)

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from depthcore import store
-from depthcore.config import Config, apply_overrides, config_from_dict, deep_merge, read_yaml
+from depthcore.config import Config, apply_overrides, config_from_dict, deep_merge
 from depthcore.errors import DataError
 from depthcore.networks import Models, build_models, load_monodepth2
+from depthcore.yamlio import read_yaml
 
 
 def _base_tree(config: str | Path | None, weights: Path, run_folder: bool) -> dict:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from depthcore.config import Config, LossConfig, load_config, parse_override
+from depthcore.config import Config, LossConfig, load_config
 from depthcore.errors import ConfigError
+from depthcore.yamlio import parse_override
 
 
 def test_defaults_are_the_papers_settings() -> None:
