@@ -156,7 +156,7 @@ def _values_list(value: Any) -> Any:
 
 
 class SweepFile(_Strict):
-    """The keys of a sweep file (see the module docstring and README.md, "Sweep-file reference")."""
+    """The keys of a sweep file (see the module docstring and docs/sweeps.md, its reference)."""
 
     name: str
     base: Any = Field(default_factory=dict, description="config path, inline keys, or a list")
@@ -615,7 +615,7 @@ def _get_dotted(tree: Mapping[str, Any], key: str) -> Any:
 
 
 def index_entry(trial: Trial, status: str) -> dict[str, Any]:
-    """One `trials:` item of results/sweeps/<name>.yaml (schema: README.md, "Results layout")."""
+    """One `trials:` item of results/sweeps/<name>.yaml (schema: docs/results.md)."""
     return {
         "trial_id": trial.trial_id,
         "run_id": trial.run_id,

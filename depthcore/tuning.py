@@ -75,7 +75,7 @@ def _engine_train() -> TrainFn:
 
 
 # ----------------------------------------------------------------------------------------------
-# The sweep index: results/sweeps/<name>.yaml (schema: README.md, "Results layout")
+# The sweep index: results/sweeps/<name>.yaml (schema: docs/results.md, "Results layout")
 
 
 class SweepIndex:

@@ -4,7 +4,7 @@ Re-running the same command resumes: finished runs are skipped (in every sweep t
 interrupted ones continue from their checkpoints. Results: RESULTS/runs/<run id>/ and
 RESULTS/sweeps/<name>.yaml. Exit code 0 when every run finished, 1 if any failed, 2 for a bad
 sweep file or missing KITTI data (checked before Ray starts on a local machine). Reference:
-README.md, "Sweep-file reference".
+docs/sweeps.md, "Sweep-file reference".
 """
 
 from __future__ import annotations

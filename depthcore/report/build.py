@@ -73,7 +73,7 @@ def import_csv(
     formats: Iterable[str] = FORMATS,
     figures: bool = True,
 ) -> Path:
-    """Report results obtained elsewhere: one CSV row per run (see README); returns `out`.
+    """Report results obtained elsewhere: one CSV row per run (see docs/report.md); returns `out`.
 
     Args:
         csv_path: columns named like sweep keys (e.g. loss.w_c), the 7 metrics, optional seed,
