@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-gpu clean venv
+.PHONY: demo test test-fast lint bench bench-gpu clean venv
 
 venv: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (each over ~5 s). The -m replaces pyproject's `-m 'not gpu'`,
+# so it deselects gpu again.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 lint: $(STAMP)
 	$(BIN)/ruff check depthcore runners tests

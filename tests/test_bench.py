@@ -34,6 +34,7 @@ def tiny_args(cache: Path) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_bench_reports_steps_rounds_loss_data_pack_and_profile(
     synthetic_cache: Path, tmp_path: Path
 ) -> None:

@@ -99,6 +99,7 @@ def test_a_folder_where_nothing_was_trained_can_be_reused(tiny_overrides, tmp_pa
     assert final["run_id"] == good.run_id()
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_names_itself_and_partial_files_are_removed(tiny_cfg, tmp_path) -> None:
     engine.train(tiny_cfg, tmp_path, progress=False)
     (tmp_path / store.FINAL_FILE).unlink()
@@ -114,6 +115,7 @@ def test_damaged_checkpoint_names_itself_and_partial_files_are_removed(tiny_cfg,
     assert not partial.exists() and store.read_final(tmp_path) is not None
 
 
+@pytest.mark.slow
 def test_an_epoch_line_survives_a_crash_right_after_its_checkpoint(
     tiny_overrides, tmp_path, monkeypatch
 ) -> None:
@@ -144,6 +146,7 @@ def _weights(run_dir) -> dict[str, torch.Tensor]:
     return state["models"]
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_bitwise_identical(tiny_overrides, tmp_path) -> None:
     overrides = [*tiny_overrides, "train.epochs=2", "data.augment=true"]
     cfg = load_config(None, overrides)
@@ -203,6 +206,7 @@ def test_failed_graph_capture_names_the_settings_to_change(tiny_cfg, monkeypatch
             step({})
 
 
+@pytest.mark.slow
 def test_report_callback_gets_each_epoch(tiny_overrides, tmp_path) -> None:
     cfg = load_config(None, [*tiny_overrides, "train.epochs=2"])
     seen: list[dict] = []
@@ -211,6 +215,7 @@ def test_report_callback_gets_each_epoch(tiny_overrides, tmp_path) -> None:
     assert all("abs_rel" in r and r["checkpoint_dir"].endswith(store.CHECKPOINT_DIR) for r in seen)
 
 
+@pytest.mark.slow
 def test_train_runner_rejects_bad_config_with_exit_code_2(tmp_path) -> None:
     proc = subprocess.run(
         [sys.executable, "runners/train.py", "--set", "loss.w_c=-0.1", "--out", str(tmp_path)],

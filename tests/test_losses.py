@@ -316,6 +316,7 @@ def test_fast_path_equals_reference_path(cfg: LossConfig) -> None:
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
+@pytest.mark.slow
 def test_compiled_photometric_error_gives_the_eager_loss_and_gradients() -> None:
     """train.compile=loss: torch.compile of the photometric error (about 30 s to compile)."""
     batch = _random_batch(torch.float32)

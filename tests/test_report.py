@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_report_util import Trial, write_sweep
+from report_fixtures import Trial, write_sweep
 
 from depthcore.errors import ConfigError, DataError
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_report_util import Trial, base_images, per_image, write_sweep
+from report_fixtures import Trial, base_images, per_image, write_sweep
 
 from depthcore import store
 from depthcore.metrics import METRIC_NAMES

@@ -143,6 +143,7 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_sweep_writes_the_results_contract_and_a_rerun_trains_nothing(
     ray_local: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -183,6 +184,7 @@ def test_sweep_writes_the_results_contract_and_a_rerun_trains_nothing(
         assert len(attempts(tmp_path, trial.run_id)) == 1
 
 
+@pytest.mark.slow
 def test_trial_killed_mid_run_resumes_from_its_checkpoint(
     ray_local: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -211,6 +213,7 @@ def test_trial_killed_mid_run_resumes_from_its_checkpoint(
         assert [r["epoch"] for r in epochs] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_failed_run_records_its_error_and_the_sweep_goes_on(
     ray_local: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -239,6 +242,7 @@ def test_a_failed_run_records_its_error_and_the_sweep_goes_on(
     assert [t["status"] for t in index["trials"]] == ["failed", "finished"]
 
 
+@pytest.mark.slow
 def test_optuna_sweep_continues_its_study(ray_local: Any, tmp_path: Path) -> None:
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution

@@ -49,6 +49,7 @@ def two_node_cluster():
     cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_sweep_spreads_trials_over_a_two_node_cluster(
     two_node_cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -77,6 +78,7 @@ def test_sweep_spreads_trials_over_a_two_node_cluster(
     assert not ray.is_initialized()  # run_sweep left the cluster it joined
 
 
+@pytest.mark.slow
 def test_local_sweep_ignores_a_cluster_address_left_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

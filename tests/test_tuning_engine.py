@@ -32,6 +32,7 @@ def engine_killed_once(cfg: Any, run_dir: Any, *, report: Any = None, **kw: Any)
     return train(cfg, run_dir, report=report_then_die if faulty else report, **kw)
 
 
+@pytest.mark.slow
 def test_engine_trial_killed_after_a_checkpoint_resumes_exactly(
     synthetic_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

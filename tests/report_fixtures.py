@@ -1,5 +1,9 @@
 """Hand-made results folders for the report tests, written per the results contract.
 
+A helper module, not a test module (pytest does not collect it); the report tests import it from
+tests/, which pytest's default import mode puts on sys.path. Its own test is
+tests/test_report_fixtures.py.
+
 `write_sweep(results, name, trials)` writes run folders (config.yaml, metrics.jsonl, final.json,
 per_image.csv, predictions.npz, error.json) and the sweep index, with known numbers.
 """
@@ -218,19 +222,3 @@ def base_images(n: int = 40, seed: int = 0) -> np.ndarray:
     out[:, :4] = np.abs(out[:, :4])
     out[:, 4:] = np.clip(out[:, 4:], 0, 1)
     return out
-
-
-def test_written_folder_follows_the_contract(tmp_path: Path) -> None:
-    """The helper itself: the store's readers see what the contract promises."""
-    trials = [
-        Trial({"loss.w_c": 0.5}, per_image=base_images(5), predictions=True, scales=(0, 2)),
-        Trial({"loss.w_c": 0.6}, state="failed"),
-        Trial({"loss.w_c": 0.7}, state="corrupt", per_image=base_images(5)),
-    ]
-    write_sweep(tmp_path, "s", trials)
-    dirs = [store.run_path(tmp_path, t.run_id()) for t in trials]
-    assert [store.run_status(d) for d in dirs] == ["finished", "failed", "pending"]
-    assert store.read_final(dirs[0])["metrics_by_scale"].keys() == {"0", "2"}
-    assert store.read_final(dirs[2]) is None
-    assert np.load(dirs[0] / store.PREDICTIONS_FILE)["disp"].shape == (3, 2, 8, 16)
-    assert [r["type"] for r in store.read_jsonl(dirs[0] / store.METRICS_FILE)].count("epoch") == 2
