@@ -26,6 +26,8 @@ from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
 from depthcore.report.loading import BASELINE, SweepData, read_per_image
 
 LEVEL = 0.95
+# seeds_needed's answer for a difference of 0 (no finite number of seeds resolves it).
+SEEDS_LIMIT = 10_000
 WELCH = "welch-t on seed means"
 IMAGES_ONLY = "images only: training variance untested"
 ZERO_SPREAD = "no seed spread: difference exact"
@@ -41,9 +43,9 @@ RACE_WORSE = "worse"
 RACE_NO_DIFFERENCE = "no difference"
 RACE_MAX = "no difference shown (max seeds)"
 RACE_OPEN = "open"
-RaceOutcome = Literal[
-    "better", "worse", "no difference", "no difference shown (max seeds)", "open"
-]
+RaceOutcome = Literal["better", "worse", "no difference", "no difference shown (max seeds)", "open"]
+# Futility's optimism: the far end of the difference's 80% interval (docs/statistics.md).
+FUTILITY_QUANTILE = 0.9
 Spending = Literal["bonferroni", "obrien-fleming"]
 
 COLUMNS = (
@@ -179,9 +181,7 @@ def _welch(
     if se == 0:
         # Identical seeds within each arm (training ignores the seed): the difference is exact.
         return diff, diff, float(diff == 0), 0.0, math.inf, ZERO_SPREAD
-    df = (var_b + var_c) ** 2 / (
-        var_b**2 / (len(means_b) - 1) + var_c**2 / (len(means_c) - 1)
-    )
+    df = (var_b + var_c) ** 2 / (var_b**2 / (len(means_b) - 1) + var_c**2 / (len(means_c) - 1))
     half = float(stats.t.ppf((1 + level) / 2, df)) * se
     p_value = float(2 * stats.t.sf(abs(diff) / se, df))
     return diff - half, diff + half, p_value, se, float(df), WELCH
@@ -235,7 +235,12 @@ def holm(p_values: np.ndarray | list[float], alpha: float) -> np.ndarray:
 
 
 def seeds_needed(
-    diff: float, seed_sd: float, *, level: float = LEVEL, power: float = 0.8, limit: int = 10_000
+    diff: float,
+    seed_sd: float,
+    *,
+    level: float = LEVEL,
+    power: float = 0.8,
+    limit: int = SEEDS_LIMIT,
 ) -> int:
     """Seeds per arm for a two-sided `level` test to detect `diff` with `power`, given the sd of
     the seed-level means. Normal approximation 2 (z_a/2 + z_b)^2 sd^2 / d^2, then refined with t
@@ -323,8 +328,9 @@ def race_decision(
     3. no difference (futility), either of:
        - `margin` given and the look's interval lies inside (-margin, +margin);
        - even an optimistic projection cannot reach the last look's boundary: the difference moved
-         one standard error away from 0, with the standard error shrunk to max_seeds seeds per
-         arm, gives |t| below the last look's critical t.
+         to the far end of its 80% interval (t quantile 0.9 at this look's df, away from 0), with
+         the standard error shrunk to max_seeds seeds per arm, gives |t| below the last look's
+         critical t.
     4. otherwise "open".
     Stopping for no difference removes later chances to claim, so it only lowers the error rate.
     """
@@ -353,7 +359,8 @@ def _futile(
     final_df = 2 * max_seeds - 2
     final_level = race_level(max_seeds, start, max_seeds, level, spending)
     critical = float(stats.t.ppf((1 + final_level) / 2, final_df))
-    return (abs(result.diff) + result.se) / (result.se * shrink) < critical
+    optimistic = abs(result.diff) + float(stats.t.ppf(FUTILITY_QUANTILE, result.df)) * result.se
+    return optimistic / (result.se * shrink) < critical
 
 
 # ----------------------------------------------------------------------------------------------
