@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 import pandas as pd
@@ -38,11 +38,11 @@ NO_DIFFERENCE = "no difference shown"
 ONE_SEED = "1 seed: training variance untested"
 
 # Racing outcomes of `race_decision`.
-RACE_BETTER = "better"
-RACE_WORSE = "worse"
-RACE_NO_DIFFERENCE = "no difference"
-RACE_MAX = "no difference shown (max seeds)"
-RACE_OPEN = "open"
+RACE_BETTER: Final = "better"
+RACE_WORSE: Final = "worse"
+RACE_NO_DIFFERENCE: Final = "no difference"
+RACE_MAX: Final = "no difference shown (max seeds)"
+RACE_OPEN: Final = "open"
 RaceOutcome = Literal["better", "worse", "no difference", "no difference shown (max seeds)", "open"]
 # Futility's optimism: the far end of the difference's 80% interval (docs/statistics.md).
 FUTILITY_QUANTILE = 0.9
@@ -372,8 +372,8 @@ def run_matrix(runs: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.Index]:
 
     Images missing from a run are NaN there (compare drops them).
     """
-    tables = [read_per_image(d) for d in runs.loc[runs["status"] == "finished", "run_dir"] if d]
-    tables = [t for t in tables if t is not None]
+    read = [read_per_image(d) for d in runs.loc[runs["status"] == "finished", "run_dir"] if d]
+    tables = [t for t in read if t is not None]
     if not tables:
         return {}, pd.Index([])
     images = tables[0].index

@@ -95,7 +95,7 @@ def significance_view(table: pd.DataFrame) -> pd.DataFrame:
     return view
 
 
-def _count(value: object) -> str:
+def _count(value: float) -> str:
     if pd.isna(value):
         return "–"
     return f"≥{int(value)}" if int(value) >= SEEDS_LIMIT else str(int(value))
