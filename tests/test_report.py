@@ -1,4 +1,5 @@
-"""Report: table marks, seed aggregation, marginals, bootstrap, importance, CSV import, errors."""
+"""Report: table marks, seed aggregation, marginals, A/A verdicts, importance, CSV import,
+errors."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
 from depthcore.report import build_report, import_csv
 from depthcore.report.loading import load_csv, load_sweep
 from depthcore.report.marginals import marginal_stats, param_importance
-from depthcore.report.significance import paired_bootstrap
 from depthcore.report.tables import aggregate_configs, rank_marks
 
 DATA = Path(__file__).parent / "data"
@@ -189,28 +189,61 @@ def test_importance_finds_the_parameter_that_matters(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Bootstrap
+# Verdicts on A/A sweeps (the same configuration under several seeds)
 
 
-def test_bootstrap_covers_the_true_difference_at_the_nominal_rate() -> None:
-    rng = np.random.default_rng(1)
-    true_diff, covered = -0.01, 0
-    for i in range(100):
-        diffs = true_diff + rng.normal(0, 0.02, 60)
-        _, low, high = paired_bootstrap(diffs, n_boot=500, seed=i)
-        covered += low <= true_diff <= high
-    assert 88 <= covered <= 99  # 95% nominal; percentile intervals run a little narrow
+def _aa_sweep(results: Path, seeds_per_config: int, configs: int = 3) -> Path:
+    """Baseline + `configs` "configurations" that are the same loss: per-image metrics share the
+    image difficulty, each run adds a seed effect (large, as in short runs) and image noise."""
+    rng = np.random.default_rng(seeds_per_config)
+    images = rng.gamma(4.0, 0.03, (150, 1)) * np.array([1, 8, 40, 1.6, 1, 1, 1])
+    trials = []
+    for c in range(configs + 1):
+        for k in range(seeds_per_config):
+            run = images * (1 + rng.normal(0, 0.1)) + rng.normal(0, 0.01, images.shape)
+            run[:, 4:] = rng.uniform(0.6, 0.99) + rng.normal(0, 0.02, (150, 3))
+            params = {} if c == 0 else {"loss.w_c": 0.1 * c}
+            role = "baseline" if c == 0 else None
+            trials.append(Trial(params, seed=c * 10 + k, role=role, per_image=run))
+    write_sweep(results, "aa", trials)
+    return build_report(results, figures=False) / "aa"
 
 
-def test_bootstrap_excludes_zero_for_a_large_effect_and_not_for_none() -> None:
-    rng = np.random.default_rng(2)
-    base = rng.uniform(0.08, 0.16, 200)
-    better = base - 0.01 + rng.normal(0, 0.003, 200)
-    same = base + rng.normal(0, 0.003, 200)
-    mean, low, high = paired_bootstrap(np.stack([better - base, same - base], axis=1))
-    assert high[0] < 0 and low[0] <= -0.01 <= high[0]
-    assert low[1] < 0 < high[1]
-    assert mean[0] == pytest.approx(np.mean(better - base))
+def test_aa_report_with_one_seed_each_claims_nothing(tmp_path: Path) -> None:
+    folder = _aa_sweep(tmp_path, 1)
+    sig = pd.read_csv(folder / "significance.csv")
+    assert len(sig) == 3 * len(METRIC_NAMES)
+    assert not sig["significant"].any() and not sig["significant_unadjusted"].any()
+    assert (sig["verdict"] == "1 seed: training variance untested").all()
+    assert (sig["method"] == "images only: training variance untested").all()
+    # The image-only interval excludes 0 for most rows: the words, not the interval, are honest.
+    assert ((sig["ci_low"] > 0) | (sig["ci_high"] < 0)).mean() > 0.5
+    text = (folder / "significance.md").read_text() + (folder / "report.html").read_text()
+    assert "better (seeds and images)" not in text and "worse (seeds and images)" not in text
+    assert "significantly" not in text
+
+
+def test_aa_report_with_three_seeds_each_shows_no_difference(tmp_path: Path) -> None:
+    folder = _aa_sweep(tmp_path, 3)
+    sig = pd.read_csv(folder / "significance.csv")
+    assert (sig["n_seeds"] == 3).all() and (sig["n_seeds_baseline"] == 3).all()
+    assert (sig["method"] == "welch-t on seed means").all()
+    assert not sig["significant"].any()
+    assert (sig["verdict"] == "no difference shown").all()
+    assert sig["p_improve"].between(0, 1).all() and (sig["seeds_needed"] >= 2).all()
+    md = (folder / "significance.md").read_text()
+    assert "## How to read it" in md and "Seeds per row (configuration vs baseline): 3 vs 3" in md
+    assert "How many" not in md and "seeds to resolve" in md
+
+
+def test_holm_verdict_is_at_most_the_unadjusted_one(tmp_path: Path) -> None:
+    folder = _aa_sweep(tmp_path, 2, configs=4)
+    sig = pd.read_csv(folder / "significance.csv")
+    assert not (sig["significant"] & ~sig["significant_unadjusted"]).any()
+    assert set(sig.columns) >= {
+        "name", "metric", "significant", "n_seeds", "n_seeds_baseline", "p_improve", "method",
+        "p_value", "significant_unadjusted",
+    }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------

@@ -140,6 +140,10 @@ def test_daggers_mark_improvements_that_are_not_significant(built: tuple[Path, P
     strong = sig[sig["name"] == "w_c=0.5, w_s=0.7"]
     assert strong["significant"].all() and strong["improved"].all()
     assert (strong["n_seeds"] == 2).all() and (strong["n_seeds_baseline"] == 2).all()
+    assert (strong["verdict"] == "better (seeds and images)").all()
+    single = sig[sig["n_seeds"] == 1]
+    assert len(single) and not single["significant"].any()
+    assert (single["verdict"] == "1 seed: training variance untested").all()
     flagged = 0
     for _, row in sig.iterrows():
         w_c, w_s = (float(v) for v in row["name"].replace("w_c=", "").split(", w_s="))

@@ -1,8 +1,9 @@
 """Build the report of one or more sweeps (or of an imported CSV) from result files alone.
 
 Layout: <out>/<sweep>/{ablation.md,.tex,.csv,.html, marginals.csv, marginals.md, importance.csv,
-significance.csv, per_scale.csv, runs.csv, summary.json, figures/*.png|pdf, report.html} and
-<out>/index.html. Outputs carry no timestamps, so building twice gives identical bytes.
+significance.csv, significance.md, per_scale.csv, runs.csv, summary.json, figures/*.png|pdf,
+report.html} and <out>/index.html. Outputs carry no timestamps, so building twice gives
+identical bytes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from depthcore.report.loading import (
     select_sweeps,
 )
 from depthcore.report.marginals import best_values, grid_points, marginal_stats, param_importance
-from depthcore.report.significance import daggers, significance
+from depthcore.report.significance import SEEDS_LIMIT, daggers, significance
 
 FORMATS = ("md", "tex", "csv", "html")
 SUMMARY_FILE = "summary.json"
@@ -186,13 +187,50 @@ def _unfinished_note(data: SweepData) -> str:
 
 def _significance(sig: pd.DataFrame, note: str, folder: Path) -> Section:
     store.write_text_atomic(folder / "significance.csv", sig.to_csv(index=False))
-    section = Section("significance", "Difference to the baseline (paired bootstrap)")
+    section = Section("significance", "Difference to the baseline (seeds and images)")
+    md = ["# Difference to the baseline\n"]
     if note:
         section.notes.append(note)
+        md.append(note + "\n")
     else:
         view = views.significance_view(sig)
         section.tables.append(Table(views.plain_html(view, "significance"), legend=SIG_LEGEND))
+        reading = how_to_read(sig)
+        section.notes += reading
+        md += ["## How to read it\n", *(f"- {line}" for line in reading), ""]
+        md += [views.plain_markdown(view), SIG_LEGEND + "\n"]
+    store.write_text_atomic(folder / "significance.md", "\n".join(md))
     return section
+
+
+def how_to_read(sig: pd.DataFrame) -> list[str]:
+    """Plain sentences for the significance section: seeds per row, what the interval covers, and
+    how many seeds the rows would need."""
+    seeds = sorted(set(zip(sig["n_seeds"], sig["n_seeds_baseline"], strict=True)))
+    counts = ", ".join(f"{a} vs {b}" for a, b in seeds)
+    lines = [
+        f"Seeds per row (configuration vs baseline): {counts}. A row with 1 seed on either side "
+        "cannot test training variance and never claims a difference.",
+        "The interval of a row with 2+ seeds per side covers seed (training) and test-image "
+        "variance: each run is averaged over the images both sides scored, and a Welch t "
+        "interval is put on the difference of the seed means. 1-seed rows show an interval "
+        "over test images only.",
+        "A difference is claimed only where its p-value survives Holm's adjustment over the "
+        "sweep's configurations (per metric); the unadjusted flag is in significance.csv.",
+    ]
+    needed = sig.loc[~sig["significant"].astype(bool), "seeds_needed"].dropna()
+    if len(needed):
+        lines.append(
+            "'seeds to resolve': seeds per side a 95% test needs to detect a difference of the "
+            "row's size with 80% power, from the measured seed spread; rows without a claim "
+            f"need {int(needed.min())} to {int(needed.max())}"
+            f"{'' if needed.max() < SEEDS_LIMIT else ' or more'}."
+        )
+    else:
+        lines.append(
+            "'seeds to resolve' (from the measured seed spread) needs 2+ seeds on one side."
+        )
+    return lines
 
 
 def _marginals(data: SweepData, configs: pd.DataFrame, folder: Path) -> Section:
@@ -231,8 +269,11 @@ def _add_table(section: Section, md: list[str], view: pd.DataFrame, uid: str, ca
 BEST_CAPTION = "Best value per hyperparameter and metric"
 IMPORTANCE_CAPTION = "Parameter importance (Optuna PED-ANOVA, normalised per metric)"
 SIG_LEGEND = (
-    "Per-image metrics (scale 0) averaged over seeds per image, paired by image with the "
-    "baseline; 95% percentile interval of the mean difference from 2000 resamples of images."
+    "Per-image metrics (scale 0) of each run, paired by image with the baseline; difference of "
+    "the configuration's and the baseline's means with its 95% interval (Welch t on seed means; "
+    "images only with 1 seed). P(seed better): chance a random seed of the configuration beats a "
+    "random seed of the baseline. Verdicts are Holm-adjusted over the configurations; † marks an "
+    "improvement that is not claimed."
 )
 MARGINALS_NOTE = (
     "Unit: one configuration (seeds averaged); the baseline is left out. Cells: mean ± std over "

@@ -3,8 +3,8 @@
 Reference rows come first (Monodepth2's published row for KITTI, then the baseline run). In each
 metric column the best value is bold and the second best underlined (direction-aware, compared at
 the printed precision, so printed ties are marked alike). With several seeds a cell reads
-mean ± std and an `n` column appears; a dagger marks an improvement over the baseline whose paired
-bootstrap interval includes zero.
+mean ± std and an `n` column appears; a dagger marks an improvement over the baseline that the
+report does not claim (significance.py: no difference shown after Holm, or a single seed).
 """
 
 from __future__ import annotations
@@ -47,14 +47,16 @@ LEGEND = (
     "better; ties at the printed precision are marked alike; the published reference row is not "
     "ranked). "
     "Cells with n > 1 show mean ± std over n seeds. † marks an improvement over the baseline "
-    "that is not significant: the paired bootstrap 95% interval of the difference over the "
-    "test images includes zero."
+    "that the report does not claim: no difference shown by the seed-aware test (Welch t on "
+    "seed means, Holm-adjusted over the configurations), or only 1 seed, which leaves training "
+    "variance untested."
 )
 TEX_LEGEND = (
     "Best value per metric in bold, second best underlined; the published reference row is "
     "not ranked. "
     "With $n>1$ seeds: mean $\\pm$ std. $^\\dagger$: improvement over the baseline not "
-    "significant (paired bootstrap 95\\% interval over test images includes zero)."
+    "claimed (no difference shown by a Welch t test on seed means, Holm-adjusted, "
+    "or a single seed)."
 )
 
 
@@ -301,7 +303,8 @@ def tex_escape(text: str) -> str:
 def to_csv_frame(
     rows: pd.DataFrame, marks: pd.DataFrame, daggers: pd.DataFrame, params: tuple[str, ...]
 ) -> pd.DataFrame:
-    """Numbers behind the table: per metric its mean, std, mark and not-significant flag."""
+    """Numbers behind the table: per metric its mean, std, mark and not-significant flag (the
+    dagger: an improvement the report does not claim)."""
     out = pd.DataFrame({"method": rows["method"].fillna(""), "reference": rows["reference"]})
     out["role"] = rows["role"]
     for key in params:

@@ -10,6 +10,7 @@ import pandas as pd
 from depthcore.metrics import METRIC_NAMES
 from depthcore.report import tables
 from depthcore.report.marginals import grid_points
+from depthcore.report.significance import SEEDS_LIMIT
 
 
 def marginal_view(
@@ -61,12 +62,14 @@ def importance_view(importance: pd.DataFrame, params: tuple[str, ...]) -> pd.Dat
 
 
 def significance_view(table: pd.DataFrame) -> pd.DataFrame:
-    """Difference to the baseline with its 95% interval, per configuration and metric."""
+    """Difference to the baseline with its 95% interval and verdict, per configuration and metric.
+
+    The racing columns (seeds run, stop reason) appear only when the sweep recorded them.
+    """
     if table.empty:
         return table
     pairs = zip(table["ci_low"], table["ci_high"], strict=True)
     seeds = zip(table["n_seeds"], table["n_seeds_baseline"], strict=True)
-    verdicts = zip(table["improved"], table["significant"], strict=True)
     view = pd.DataFrame({"configuration": table["name"]})
     view["metric"] = table["metric"].map(tables.metric_header)
     view["baseline"] = table["baseline"].map(lambda v: f"{v:.4f}")
@@ -75,14 +78,27 @@ def significance_view(table: pd.DataFrame) -> pd.DataFrame:
     view["95% CI"] = [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in pairs]
     view["images"] = table["n_images"].astype(str)
     view["seeds"] = [f"{a} vs {b}" for a, b in seeds]
-    view["verdict"] = [_verdict(bool(i), bool(s)) for i, s in verdicts]
+    view["P(seed better)"] = table["p_improve"].map(lambda v: f"{v:.2f}")
+    view["p (Holm over configs)"] = table["p_value"].map(
+        lambda v: "–" if pd.isna(v) else f"{v:.3g}"
+    )
+    view["seeds to resolve"] = table["seeds_needed"].map(_count)
+    for key, header in (("seeds_run", "seeds run"), ("stop_reason", "stopped")):
+        if key in table and table[key].notna().any():
+            view[header] = table[key].map(lambda v: "" if pd.isna(v) else str(v))
+    view["verdict"] = [
+        f"{v} †" if improved and not sig else v
+        for v, improved, sig in zip(
+            table["verdict"], table["improved"], table["significant"], strict=True
+        )
+    ]
     return view
 
 
-def _verdict(improved: bool, significant: bool) -> str:
-    if not significant:
-        return "improvement, not significant †" if improved else "no significant difference"
-    return "significantly better" if improved else "significantly worse"
+def _count(value: float) -> str:
+    if pd.isna(value):
+        return "–"
+    return f"≥{int(value)}" if int(value) >= SEEDS_LIMIT else str(int(value))
 
 
 def runs_view(runs: pd.DataFrame, params: tuple[str, ...], finished: bool = False) -> pd.DataFrame:
