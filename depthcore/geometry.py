@@ -9,6 +9,7 @@ disabled: bf16 pixel coordinates near x = 600 are only good to a few pixels.
 from __future__ import annotations
 
 import functools
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from depthcore.tensors import upcast
+
+# scale_intrinsics hands back the type it was given, so callers keep tensor (or array) methods.
+ArrayT = TypeVar("ArrayT", Tensor, np.ndarray)
 
 __all__ = [
     "backproject",
@@ -164,7 +168,7 @@ def transformation_from_parameters(
         return torch.cat([top, bottom], dim=1)
 
 
-def scale_intrinsics(K_norm: Tensor | np.ndarray, height: int, width: int) -> Tensor | np.ndarray:
+def scale_intrinsics(K_norm: ArrayT, height: int, width: int) -> ArrayT:
     """Pixel intrinsics from normalised ones: row 0 × width, row 1 × height (not W-1, H-1).
 
     Args:

@@ -15,6 +15,7 @@ smoothness term's image pyramid is Monodepth2's chained 8-bit Lanczos resize (`d
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -67,12 +68,13 @@ def _photometric_channels(
     kind, win, c1, c2 = loss.photometric, loss.ssim_window, loss.c1, loss.c2
     if kind == "l1":
         return l1
-    opts = {"stacked": stacked_pool, "y_stats": target_stats}
     if kind == "standard":
-        ssim = ssim_map(pred, target, win, c1, c2, **opts)
+        ssim = ssim_map(pred, target, win, c1, c2, stacked=stacked_pool, y_stats=target_stats)
         dissim = ((1 - ssim) / 2).clamp(0, 1)
         return loss.ssim_weight * dissim + (1 - loss.ssim_weight) * l1
-    lum, con, struct = ssim_components(pred, target, win, c1, c2, **opts)
+    lum, con, struct = ssim_components(
+        pred, target, win, c1, c2, stacked=stacked_pool, y_stats=target_stats
+    )
     half_s = (1 + struct) / 2
     if kind == "ssim_m":
         sim = _power(lum, loss.alpha) * _power(con, loss.beta) * _power(half_s, loss.gamma)
@@ -369,7 +371,8 @@ def compute_losses(
             masks.append(mask_s)
         n = len(per_scale)
         return LossTerms(
-            total=sum(per_scale.values()) / n,
+            # reduce, not sum(): no int 0 start, so the total is typed (and is) a Tensor.
+            total=functools.reduce(operator.add, per_scale.values()) / n,
             per_scale=per_scale,
             photometric=torch.stack(photo).sum() / n,
             smoothness=torch.stack(smooth).sum() / n,

@@ -191,6 +191,7 @@ class SubPixelUp(nn.Module):
         with torch.no_grad():
             sub = nn.init.dirac_(torch.empty(channels, channels, 1, 1))
             self.conv.weight.copy_(sub.repeat_interleave(4, dim=0))
+            assert self.conv.bias is not None  # nn.Conv2d has a bias unless bias=False
             self.conv.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -443,7 +444,9 @@ def _infer_model_cfg(
     encoder: Mapping[str, Any], depth: Mapping[str, Any], path: Path
 ) -> ModelConfig:
     """Architecture from the weight shapes: bottleneck blocks => ResNet-50; heads => scales."""
-    name = "resnet50" if "encoder.layer1.0.conv3.weight" in encoder else "resnet18"
+    name: Literal["resnet18", "resnet50"] = (
+        "resnet50" if "encoder.layer1.0.conv3.weight" in encoder else "resnet18"
+    )
     # Heads are the only `decoder.K.conv.weight` keys (ConvBlocks nest one level deeper).
     head_channels = [
         int(v.shape[1])

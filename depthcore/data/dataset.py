@@ -140,7 +140,7 @@ def _check_splits(
     """Check the splits that will be read; returns the image extension in use."""
     test_lines = kitti.read_split(test_files)
     train_lines = kitti.read_split(train_files) if train_files is not None else []
-    ext = cfg.data.img_ext
+    ext: str = cfg.data.img_ext  # "auto" is replaced by the detected extension below
     if ext == "auto":
         ext = kitti.detect_img_ext(root, (train_lines or test_lines)[0])
     needs = ("calib",) if cfg.data.intrinsics == "calib" else ()

@@ -154,7 +154,8 @@ class _Faces:
     side: np.ndarray
     origin: np.ndarray  # float32
 
-    def plane(self, b: np.ndarray, a: np.ndarray) -> np.ndarray:
+    def plane(self, b: int | np.ndarray, a: int | np.ndarray) -> np.ndarray | np.float32:
+        # Scalar indices (one large face) give a scalar; index arrays (small faces) an array.
         return self.boxes[b, 2 * a + self.side[b, a]].astype(np.float32)
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from depthcore.config import SyntheticConfig
@@ -86,7 +87,7 @@ def synthetic_hash(syn: SyntheticConfig, stereo: bool = False) -> str:
 # Calibration files
 
 
-def _fmt(values: np.ndarray) -> str:
+def _fmt(values: npt.ArrayLike) -> str:
     return " ".join(f"{v:.6e}" for v in np.asarray(values, dtype=np.float64).ravel())
 
 

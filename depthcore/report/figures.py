@@ -12,7 +12,7 @@ import functools
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import matplotlib
 import numpy as np
@@ -23,9 +23,14 @@ from depthcore import store
 from depthcore.metrics import METRIC_NAMES
 from depthcore.report.tables import metric_header
 
+if TYPE_CHECKING:
+    # Type-only, so a matplotlib older than this alias (the floor is 3.8) still imports us.
+    from matplotlib.typing import RcKeyType
+
 FORMATS = ("png", "pdf")
 DPI = 110
-RC = {
+# Keyed by matplotlib's own rc-key Literal, so mypy rejects a misspelt key.
+RC: dict[RcKeyType, Any] = {
     "svg.hashsalt": "depthsweep",
     "pdf.compression": 6,
     "font.size": 8,
@@ -146,7 +151,7 @@ def _curve(ax: Any, records: list[dict[str, Any]], kind: str, x: str, y: str, co
         ax.plot(xs, ys, color=colour, linewidth=0.8, marker="." if kind == "epoch" else None)
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
 from depthcore.report.loading import BASELINE
+
+if TYPE_CHECKING:
+    # Type-only: optuna stays a lazy import, needed only by the importance section.
+    from optuna import Study
+    from optuna.distributions import BaseDistribution
 
 COLUMNS = (
     "parameter",
@@ -142,7 +148,7 @@ def param_importance(configs: pd.DataFrame, params: tuple[str, ...]) -> tuple[pd
     return pd.DataFrame(rows), ""
 
 
-def _distribution(column: pd.Series) -> object | None:
+def _distribution(column: pd.Series) -> BaseDistribution | None:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     values = column.dropna()
@@ -153,10 +159,12 @@ def _distribution(column: pd.Series) -> object | None:
     return CategoricalDistribution(sorted(values.astype(str).unique()))
 
 
-def _study(points: pd.DataFrame, dists: dict[str, object], metric: str) -> object:
+def _study(points: pd.DataFrame, dists: dict[str, BaseDistribution], metric: str) -> Study:
     import optuna
 
-    direction = "minimize" if LOWER_IS_BETTER[metric] else "maximize"
+    direction: Literal["minimize", "maximize"] = (
+        "minimize" if LOWER_IS_BETTER[metric] else "maximize"
+    )
     study = optuna.create_study(direction=direction)
     for _, row in points.iterrows():
         if not np.isfinite(row[metric]):
