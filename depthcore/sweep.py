@@ -9,6 +9,7 @@ A sweep file names a base engine config and what to vary on top of it:
     grid:                                  # then the cartesian product of the sorted axes
       loss.w_mae: [0.3, 0.4]
     seeds: [1234]                          # every trial once per seed (sets train.seed)
+    # or adaptive seeds (racing): seeds: {start: 2, max: 6} (see depthcore/racing.py)
 
 `load_sweep` checks everything a run would trip over later (unknown keys, empty grids, values
 the engine config rejects), naming the file, line and key; `expand` turns the sweep into a
@@ -30,7 +31,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -39,6 +42,7 @@ from pydantic import (
 from depthcore.config import Config, apply_overrides, config_from_dict, deep_merge, set_dotted
 from depthcore.errors import ConfigError
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
+from depthcore.racing import SeedPlan
 from depthcore.yamlio import (
     KeyPath,
     did_you_mean,
@@ -155,6 +159,39 @@ def _values_list(value: Any) -> Any:
     return value
 
 
+class AdaptiveSeeds(_Strict):
+    """`seeds: {start, max}`: race every trial against the baseline, one more seed per round.
+
+    The race stops a trial when `depthcore.report.significance.race_decision` decides it; seeds are
+    `first`, `first + 1`, ... (default `first`: the base config's train.seed), so a later sweep
+    with a larger `max` continues with the same runs.
+    """
+
+    start: int = Field(2, ge=2, description="seeds every trial and the baseline run first")
+    max: int = Field(ge=2, description="most seeds a trial gets")
+    first: int | None = Field(None, ge=0, description="the first seed (default: train.seed)")
+    level: float = Field(0.95, gt=0.5, lt=1, description="the whole race's confidence level")
+    spending: Literal["bonferroni", "obrien-fleming"] = "obrien-fleming"
+    margin: float | None = Field(
+        None, gt=0, description="equivalence margin: stop as no difference"
+    )
+
+    @model_validator(mode="after")
+    def _start_below_max(self) -> AdaptiveSeeds:
+        if self.max < self.start:
+            raise ValueError(f"seeds: max ({self.max}) must be >= start ({self.start})")
+        return self
+
+    @property
+    def plan(self) -> SeedPlan:
+        return SeedPlan(self.start, self.max)
+
+
+def _seeds_kind(value: Any) -> str:
+    # Pick the one member a value is meant for, so errors name its keys (not both members').
+    return "race" if isinstance(value, (dict, AdaptiveSeeds)) else "list"
+
+
 class SweepFile(_Strict):
     """The keys of a sweep file (see the module docstring and docs/sweeps.md, its reference)."""
 
@@ -164,7 +201,13 @@ class SweepFile(_Strict):
         default_factory=dict
     )
     trials: list[dict[str, Any]] = Field(default_factory=list)
-    seeds: list[int] | None = None
+    seeds: (
+        Annotated[
+            Annotated[list[int], Tag("list")] | Annotated[AdaptiveSeeds, Tag("race")],
+            Discriminator(_seeds_kind),
+        ]
+        | None
+    ) = None
     search: Search = Search()
     resources: Resources = Resources()
     max_concurrent: int | None = Field(None, ge=1)
@@ -188,10 +231,14 @@ class SweepFile(_Strict):
 
     @field_validator("seeds")
     @classmethod
-    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or len(set(value)) != len(value)):
+    def _distinct_seeds(
+        cls, value: list[int] | AdaptiveSeeds | None
+    ) -> list[int] | AdaptiveSeeds | None:
+        if not isinstance(value, list):
+            return value
+        if not value or len(set(value)) != len(value):
             raise ValueError(f"must be a non-empty list of distinct seeds, got {value}")
-        if value is not None and min(value) < 0:
+        if min(value) < 0:
             raise ValueError(f"seeds must be >= 0, got {value}")
         return value
 
@@ -205,6 +252,11 @@ class SweepFile(_Strict):
     @property
     def resolved_mode(self) -> Literal["min", "max"]:
         return self.mode or ("min" if LOWER_IS_BETTER[self.metric] else "max")
+
+    @property
+    def adaptive(self) -> AdaptiveSeeds | None:
+        """The race's settings when `seeds: {start, max}`, else None."""
+        return self.seeds if isinstance(self.seeds, AdaptiveSeeds) else None
 
 
 @dataclass(frozen=True)
@@ -243,6 +295,7 @@ class Trial:
     label: str | None
     role: str | None
     seed: int
+    arm: str = ""  # the trial without its seed: what adaptive seeds race (the id's head)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,6 +406,7 @@ def _check_overrides(sweep: Sweep, overrides: Sequence[str]) -> None:
 
 def _validate_keys(sweep: Sweep) -> None:
     spec = sweep.file
+    _validate_race(sweep)
     for key in spec.grid:
         if "." not in key:
             raise ConfigError(
@@ -413,6 +467,17 @@ def _validate_trial_entry(sweep: Sweep, i: int, entry: Mapping[str, Any]) -> Non
                 )
 
 
+def _validate_race(sweep: Sweep) -> None:
+    spec = sweep.file
+    if spec.adaptive is None or spec.search.method == "optuna":
+        return
+    if not any(entry.get("role") == "baseline" for entry in spec.trials):
+        raise ConfigError(
+            f"{sweep.where('seeds')}: seeds: {{start, max}} races every trial against the "
+            "baseline; mark one trials: entry with role: baseline"
+        )
+
+
 def _validate_optuna(sweep: Sweep) -> None:
     spec = sweep.file
     if spec.grid or spec.trials:
@@ -420,7 +485,12 @@ def _validate_optuna(sweep: Sweep) -> None:
             f"{sweep.where('search')}: search: optuna samples search.space; it cannot also run "
             "grid: or trials: (put those in a separate sweep file)"
         )
-    if spec.seeds is not None and len(spec.seeds) > 1:
+    if spec.adaptive is not None:
+        raise ConfigError(
+            f"{sweep.where('seeds')}: search: optuna cannot race seeds (seeds: {{start, max}}); "
+            "give one seed, e.g. seeds: [1234]"
+        )
+    if isinstance(spec.seeds, list) and len(spec.seeds) > 1:
         raise ConfigError(
             f"{sweep.where('seeds')}: search: optuna takes a single seed (TPE sees one value "
             "per configuration); use one seed or a grid sweep"
@@ -523,7 +593,7 @@ def expand(sweep: Sweep) -> list[Trial]:
     for combo in combos:
         entries.append((dict(zip(axes, combo, strict=True)), None, None, "grid"))
     names = _short_names([k for params, *_ in entries for k in params])
-    seeds: list[int | None] = [*spec.seeds] if spec.seeds else [None]
+    seeds = seed_values(sweep)
     trials = [
         _make_trial(sweep, params, label, role, seed, names, where)
         for params, label, role, where in entries
@@ -533,9 +603,20 @@ def expand(sweep: Sweep) -> list[Trial]:
     return trials
 
 
+def seed_values(sweep: Sweep) -> list[int | None]:
+    """The seeds every trial runs under; adaptive seeds: all `max` the race may use, in order."""
+    spec = sweep.file
+    if spec.adaptive is not None:
+        first = spec.adaptive.first
+        if first is None:
+            first = _build(sweep, sweep.base, "base").train.seed
+        return [first + k for k in range(spec.adaptive.max)]
+    return [*spec.seeds] if spec.seeds else [None]
+
+
 def trial_from_params(sweep: Sweep, params: Mapping[str, Any]) -> Trial:
     """A trial for sampled values (search: optuna): base + params, at the sweep's seed."""
-    seed = sweep.file.seeds[0] if sweep.file.seeds else None
+    seed = sweep.file.seeds[0] if isinstance(sweep.file.seeds, list) else None
     names = _short_names(list(sweep.file.search.space))
     where = f"{sweep.source}: sampled trial {dict(params)}"
     return _make_trial(sweep, dict(params), None, None, seed, names, where)
@@ -555,7 +636,8 @@ def _make_trial(
     shown = {k: v for k, v in params.items() if k != SEED_KEY}
     head = label or ",".join(f"{names.get(k, k)}={_fmt(v)}" for k, v in shown.items())
     trial_id = f"{head},seed={cfg.train.seed}" if head else f"seed={cfg.train.seed}"
-    return Trial(trial_id, cfg.run_id(), cfg, shown, label, role, cfg.train.seed)
+    arm = head or "(base config)"
+    return Trial(trial_id, cfg.run_id(), cfg, shown, label, role, cfg.train.seed, arm)
 
 
 def _short_names(keys: Iterable[str]) -> dict[str, str]:
@@ -642,6 +724,7 @@ def plan_lines(
     if sweep.file.search.method == "optuna":
         return _optuna_plan(sweep)
     first = {run_id: group[0].trial_id for run_id, group in run_groups(trials).items()}
+    sure = first_runs(sweep, trials)
     width = max((len(t.trial_id) for t in trials), default=0)
     lines = []
     for trial in trials:
@@ -653,11 +736,28 @@ def plan_lines(
             notes.append(statuses[trial.run_id])
         if first[trial.run_id] != trial.trial_id:
             notes.append(f"same run as {first[trial.run_id]}")
+        if trial.run_id not in sure:
+            notes.append("only if the race needs it")
         lines.append(f"{trial.trial_id:<{width}}  {values}  [{', '.join(notes)}]")
     if len(first) != len(trials):
         lines.append(f"({len(first)} distinct runs: trials with the same config train once)")
     lines.append(f"{len(trials)} trials")
+    race = sweep.file.adaptive
+    if race is not None:
+        lines.append(
+            f"adaptive seeds (start {race.start}, max {race.max}, against the baseline on "
+            f"{sweep.file.metric}): at least {len(sure)} runs, at most {len(first)}"
+        )
     return lines
+
+
+def first_runs(sweep: Sweep, trials: Sequence[Trial]) -> set[str]:
+    """Run ids every sweep trains: all of them, or with adaptive seeds each arm's first `start`."""
+    race = sweep.file.adaptive
+    if race is None:
+        return {t.run_id for t in trials}
+    seeds = seed_values(sweep)[: race.start]
+    return {t.run_id for t in trials if t.seed in seeds}
 
 
 def _optuna_plan(sweep: Sweep) -> list[str]:

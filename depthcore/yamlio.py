@@ -15,7 +15,7 @@ import types
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -214,7 +214,7 @@ _BOUNDS = {
     "less_than": "<",
 }
 # pydantic appends the union member it tried ("int", "literal['auto']") to an error's location.
-_TYPE_TAGS = {"int", "float", "str", "bool", "none", "tuple", "list"}
+_TYPE_TAGS = {"int", "float", "str", "bool", "none", "tuple", "list", "race"}
 
 
 def _key_loc(loc: Sequence[str | int]) -> KeyPath:
@@ -249,10 +249,25 @@ def known_keys(model: type[BaseModel], path: Sequence[str | int]) -> list[str]:
 
 
 def _model_in(ann: Any) -> Any:
-    # `Section | None` is the model for key lookups.
+    # `Section | None` is the model for key lookups; Annotated[...] wrappers are looked through.
+    ann = _unannotated(ann)
     if get_origin(ann) in (Union, types.UnionType):
-        models = [a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        models = [a for a in _members(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
         return models[0] if len(models) == 1 else ann
+    return ann
+
+
+def _members(union: Any) -> list[Any]:
+    out = []
+    for member in map(_unannotated, get_args(union)):
+        nested = get_origin(member) in (Union, types.UnionType)
+        out += _members(member) if nested else [member]
+    return out
+
+
+def _unannotated(ann: Any) -> Any:
+    while get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
     return ann
 
 

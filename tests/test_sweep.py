@@ -360,3 +360,49 @@ def test_set_of_a_swept_key_is_refused() -> None:
         load("table1_ssim_m", "train.seed=1")
     with pytest.raises(ConfigError, match=r"loss\.w_c: must be >= 0"):
         load("smoke", "loss.w_c=-1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Adaptive seeds (racing): seeds: {start, max}
+
+
+def _race_sweep(seeds: object, trials: list[dict[str, object]] | None = None) -> dict[str, object]:
+    return {
+        "name": "race",
+        "base": {"data": {"height": 64, "width": 192}, "train": {"seed": 7}},
+        "trials": trials
+        or [
+            {"label": "baseline", "role": "baseline", "loss.photometric": "standard"},
+            {"label": "l1", "loss.photometric": "l1"},
+        ],
+        "seeds": seeds,
+    }
+
+
+def test_adaptive_seeds_expand_to_max_seeds_per_arm_from_the_base_seed() -> None:
+    from depthcore.sweep import first_runs, plan_lines, seed_values
+
+    sweep = sweep_from_dict(_race_sweep({"start": 2, "max": 3}))
+    assert seed_values(sweep) == [7, 8, 9]
+    trials = expand(sweep)
+    assert [t.trial_id for t in trials][:3] == [
+        "baseline,seed=7",
+        "baseline,seed=8",
+        "baseline,seed=9",
+    ]
+    assert {t.arm for t in trials} == {"baseline", "l1"}
+    assert len(first_runs(sweep, trials)) == 4
+    assert plan_lines(sweep, trials)[-1].endswith("at least 4 runs, at most 6")
+    first = sweep_from_dict(_race_sweep({"start": 2, "max": 3, "first": 100}))
+    assert seed_values(first) == [100, 101, 102]
+
+
+def test_adaptive_seeds_need_a_baseline_and_start_at_most_max() -> None:
+    with pytest.raises(ConfigError, match="role: baseline"):
+        sweep_from_dict(_race_sweep({"start": 2, "max": 3}, [{"label": "a"}, {"label": "b"}]))
+    with pytest.raises(ConfigError, match=r"max \(2\) must be >= start \(3\)"):
+        sweep_from_dict(_race_sweep({"start": 3, "max": 2}))
+    with pytest.raises(ConfigError, match="did you mean 'max'"):
+        sweep_from_dict(_race_sweep({"start": 2, "mx": 3}))
+    with pytest.raises(ConfigError, match="seeds.start: must be >= 2, got 1"):
+        sweep_from_dict(_race_sweep({"start": 1, "max": 3}))
