@@ -404,5 +404,5 @@ def test_adaptive_seeds_need_a_baseline_and_start_at_most_max() -> None:
         sweep_from_dict(_race_sweep({"start": 3, "max": 2}))
     with pytest.raises(ConfigError, match="did you mean 'max'"):
         sweep_from_dict(_race_sweep({"start": 2, "mx": 3}))
-    with pytest.raises(ConfigError, match="seeds.start: must be >= 2, got 1"):
+    with pytest.raises(ConfigError, match=r"seeds\.start: must be >= 2, got 1"):
         sweep_from_dict(_race_sweep({"start": 1, "max": 3}))
