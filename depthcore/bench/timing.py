@@ -50,7 +50,7 @@ class StepResult:
     # Steps back to back without a synchronisation between them, as a training run loops (on
     # CUDA the host queues the next step while the GPU runs this one): samples / elapsed.
     sustained_samples_per_s: float = 0.0
-    round_samples_per_s: list[float] = field(default_factory=list)  # set by _merge_rounds
+    round_samples_per_s: list[float] = field(default_factory=list)  # set by processes._merge_rounds
     step_times_s: list[float] = field(default_factory=list)
 
 
