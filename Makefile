@@ -31,13 +31,13 @@ demo: $(STAMP)
 	$(BIN)/python runners/report.py results/ --sweep quickstart
 
 bench: $(STAMP)
-	$(BIN)/python runners/bench.py --device cpu --size 96x320 --batch 4 --steps 10 --rounds 3 --compile
+	$(BIN)/python runners/bench.py --device cpu --size 320x96 --batch 4 --steps 10 --rounds 3 --compile
 
 # On a CUDA machine, with any Python that has the project installed (PY=...): the GPU tests, then
 # the GPU benchmark of the performance target with the compiled loss, 2 packed runs and a profile.
 bench-gpu:
 	$(PY) -m pytest -q -m gpu tests/test_gpu.py
-	$(PY) runners/bench.py --device cuda --size 192x640 --batch 8 --steps 60 --compile --pack 2 --profile 30
+	$(PY) runners/bench.py --device cuda --size 640x192 --batch 8 --steps 60 --compile --pack 2 --profile 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,4 +1,4 @@
-"""What every runner shares: exit codes for user errors, and the `--set` option."""
+"""What every runner shares: exit codes for user errors, `--set` and the `--size` parser."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from depthcore.errors import DepthcoreError
+from depthcore.errors import ConfigError, DepthcoreError
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +18,24 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set loss.w_c=0.5 (repeatable; values are YAML)",
     )
+
+
+def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
+    """'640x192' -> (width, height), in the paper's and Monodepth2's order.
+
+    KITTI-like inputs are wider than tall, so a first number smaller than the second is the old
+    HEIGHTxWIDTH order (runners/bench.py used it): refused, naming the corrected flag.
+    """
+    first, sep, second = text.strip().lower().partition("x")
+    if not (sep and first.isdecimal() and second.isdecimal() and int(first) and int(second)):
+        raise ConfigError(f"{flag} {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x192")
+    width, height = int(first), int(second)
+    if width < height:
+        raise ConfigError(
+            f"{flag} {text}: sizes are WIDTHxHEIGHT, as Monodepth2's 640x192; "
+            f"did you mean {flag} {height}x{width}?"
+        )
+    return width, height
 
 
 def run_main(main: Callable[[], int | None]) -> None:

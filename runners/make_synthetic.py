@@ -10,14 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from depthcore.cli import run_main
-
-
-def _size(text: str) -> tuple[int, int]:
-    width, sep, height = text.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1242x375, got {text!r}")
-    return int(width), int(height)
+from depthcore.cli import parse_size, run_main
 
 
 def main() -> int:
@@ -32,13 +25,14 @@ def main() -> int:
         help="drives; the last quarter (at least one) are test drives",
     )
     parser.add_argument("--frames", type=int, default=100, help="frames per drive (default 100)")
-    parser.add_argument("--size", type=_size, default=(1242, 375), help="WxH (default 1242x375)")
+    parser.add_argument("--size", default="1242x375", help="WIDTHxHEIGHT (default 1242x375)")
     parser.add_argument("--seed", type=int, default=0, help="scene and trajectory seed")
     parser.add_argument("--stereo", action="store_true", help="also render image_03 (0.54 m)")
     parser.add_argument("--workers", type=int, help="render processes (default: by data size)")
     args = parser.parse_args()
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be >= 1 (leave it out to choose by data size)")
+    width, height = parse_size(args.size)
 
     from depthcore.config import config_from_dict
     from depthcore.data.synthetic import ensure_synthetic, read_marker
@@ -46,8 +40,8 @@ def main() -> int:
 
     flags = {"drives": "--drives", "frames": "--frames", "native_width": "--size",
              "native_height": "--size", "seed": "--seed"}  # fmt: skip
-    values = {"drives": args.drives, "frames": args.frames, "native_width": args.size[0],
-              "native_height": args.size[1], "seed": args.seed}  # fmt: skip
+    values = {"drives": args.drives, "frames": args.frames, "native_width": width,
+              "native_height": height, "seed": args.seed}  # fmt: skip
     try:  # validated like any config, but the error names this runner's flag
         syn = config_from_dict({"data": {"synthetic": values}}).data.synthetic
     except ConfigError as exc:

@@ -5,29 +5,39 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from runpy import run_path
 
 import pytest
 
 from depthcore.bench import (
     FAST,
     PHASES,
-    _step_output,
-    _wait_ready,
+    Setup,
     combine_windows,
     format_report,
-    main,
     speedup,
+    step_in_process,
+    step_output,
+    wait_ready,
 )
-from depthcore.cli import run_main
+from depthcore.cli import parse_size, run_main
+from depthcore.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench_main() -> Callable[[list[str]], int]:
+    main: Callable[[list[str]], int] = run_path(str(REPO / "runners" / "bench.py"))["main"]
+    return main
 
 
 def tiny_args(cache: Path) -> list[str]:
     synthetic = ("frames=12", "native_width=248", "native_height=75")
     sets = [f"data.synthetic.{kv}" for kv in synthetic] + [f"data.cache_dir={cache}"]
-    args = ["--device", "cpu", "--size", "64x192", "--batch", "2", "--steps", "2"]
+    args = ["--device", "cpu", "--size", "192x64", "--batch", "2", "--steps", "2"]
     args += ["--warmup", "1", "--rounds", "2", "--data-batches", "2"]
     for kv in sets:
         args += ["--set", kv]
@@ -82,8 +92,10 @@ def test_bench_reports_steps_rounds_loss_data_pack_and_profile(
     assert sum(kinds.values()) == pytest.approx(prof["ms_per_step"])
     assert "traceEvents" in json.loads(trace.read_text())
     assert [p.name for p in trace.parent.iterdir()] == ["step.json"]  # no temporary left
+    assert res["size"] == [192, 64]
     text = format_report(res)
     expected = (
+        "), 192x64, batch 2",
         "full step",
         "per round (samples/s, 2 rounds",
         "fast / reference full step:",
@@ -111,34 +123,48 @@ def test_speedup_is_the_median_of_per_round_ratios() -> None:
         (["--rounds", "0"], "--rounds and --steps must be >= 1"),
         (["--data-batches", "0"], "--data-batches must be >= 1, got 0"),
         (["--pack", "0"], "--pack must be >= 1, got 0"),
-        (["--size", "192by640"], "--size '192by640': expected HEIGHTxWIDTH"),
+        (["--size", "640by192"], "--size '640by192': expected WIDTHxHEIGHT"),
+        (
+            ["--size", "192x640"],
+            "--size 192x640: sizes are WIDTHxHEIGHT, as Monodepth2's 640x192; did you mean "
+            "--size 640x192?",
+        ),
         (["--set", "data.height=100"], "data.height: must be a multiple of 32"),
         (["--profile", "0"], "--profile ROWS must be >= 1, got 0"),
         (["--trace", "t.json"], "--trace PATH writes the profile's trace: add --profile"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_reason(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    args: list[str],
+    message: str,
+    bench_main: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        run_main(lambda: main(args))
+        run_main(lambda: bench_main(args))
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_a_failing_variant_process_is_reported_not_raised() -> None:
-    stderr = "Traceback ...\nConfigError: --size '64by192': expected HEIGHTxWIDTH, e.g. 192x640\n"
-    res = _step_output(FAST, 2, "", stderr)
+    stderr = "some warning\nerror: data.height: must be a multiple of 32, got 100\n"
+    res = step_output(FAST, 2, "", stderr)
     assert res == {
         "variant": "fast",
-        "error": "benchmark process failed: ConfigError: --size '64by192': expected HEIGHTxWIDTH, "
-        "e.g. 192x640",
+        "error": "benchmark process failed: error: data.height: must be a multiple of 32, got 100",
     }
-    assert _step_output(FAST, -9, "", "")["error"] == "benchmark process failed: exit code -9"
-    assert _step_output(FAST, 0, '{"variant": "fast", "samples_per_s": 2.0}\n', "") == {
+    assert step_output(FAST, -9, "", "")["error"] == "benchmark process failed: exit code -9"
+    assert step_output(FAST, 0, '{"variant": "fast", "samples_per_s": 2.0}\n', "") == {
         "variant": "fast",
         "samples_per_s": 2.0,
     }
+
+
+def test_a_failing_worker_process_says_why() -> None:
+    setup = Setup("cpu", width=192, height=100, batch=2, steps=1, warmup=0)
+    res = step_in_process(setup, FAST)
+    assert res["variant"] == "fast"
+    assert res["error"].startswith("benchmark process failed: error: data.height:"), res
 
 
 def test_packed_rate_is_all_samples_over_the_union_of_the_timed_windows() -> None:
@@ -162,6 +188,40 @@ def test_a_packed_process_that_ends_before_ready_is_noticed() -> None:
     dead = subprocess.Popen(
         [sys.executable, "-c", "print('no')"], stdout=subprocess.PIPE, text=True
     )
-    assert _wait_ready(ready) and not _wait_ready(dead)
+    assert wait_ready(ready) and not wait_ready(dead)
     for proc in (ready, dead):
         proc.communicate()
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("640x192", (640, 192)), ("1242X375", (1242, 375)), ("64x64", (64, 64))],
+)
+def test_sizes_are_width_by_height(text: str, size: tuple[int, int]) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("192x640", "did you mean --size 640x192?"),
+        ("375x1242", "did you mean --size 1242x375?"),
+        ("640x", "expected WIDTHxHEIGHT"),
+        ("0x192", "expected WIDTHxHEIGHT"),
+        ("640x192x3", "expected WIDTHxHEIGHT"),
+    ],
+)
+def test_malformed_sizes_and_the_old_height_first_order_are_refused(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_size(text)
+
+
+def test_make_synthetic_shares_the_size_order(tmp_path: Path) -> None:
+    out = tmp_path / "drives"
+    cmd = [sys.executable, str(REPO / "runners" / "make_synthetic.py"), "--out", str(out)]
+    proc = subprocess.run([*cmd, "--size", "375x1242"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "did you mean --size 1242x375?" in proc.stderr
+    assert not out.exists()

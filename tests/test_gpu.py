@@ -108,7 +108,7 @@ def test_cuda_benchmark_reports_sustained_rate_utilisation_and_packing(
     cuda_overrides, synthetic_cache, tmp_path
 ) -> None:
     sets = [o for o in cuda_overrides if o.startswith(("data.synthetic", "data.cache_dir"))]
-    args = ["--device", "cuda", "--size", "64x192", "--batch", "2", "--steps", "20"]
+    args = ["--device", "cuda", "--size", "192x64", "--batch", "2", "--steps", "20"]
     args += ["--warmup", "3", "--data-batches", "2", "--pack", "2", "--json"]
     for kv in sets:
         args += ["--set", kv]
