@@ -20,7 +20,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +90,7 @@ def host_peak_memory_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def summarize(
-    kind: str, name: str, share: float, segments: list[Segment]
-) -> dict[str, Any]:
+def summarize(kind: str, name: str, share: float, segments: list[Segment]) -> dict[str, Any]:
     """The run's cost over all its segments, as plain data (final.json's `cost`)."""
     total = {p: sum(getattr(s, f"{p}_s") for s in segments) for p in PHASES}
     wall = sum(s.wall_s for s in segments)
@@ -123,41 +121,62 @@ class CostMeter:
     share: float
     previous: list[Segment] = field(default_factory=list)
     current: Segment = field(default_factory=lambda: Segment(time.time(), time.time()))
+    _open: tuple[str, float] | None = None  # the phase being timed and its perf_counter start
 
     @classmethod
-    def start(cls, run_dir: Path, kind: str, name: str, share: float) -> CostMeter:
-        """Begin a segment; earlier ones still marked running were killed (ended when last seen)."""
+    def start(
+        cls, run_dir: Path, kind: str, name: str, share: float, *, setup_since: float
+    ) -> CostMeter:
+        """Begin a segment whose setup phase began at perf_counter() `setup_since`; earlier
+        segments still marked running were killed (they ended when last seen)."""
         previous = [_segment(s) for s in (store.read_cost(run_dir) or {}).get("log", [])]
         for seg in previous:
             if seg.end == "running":
                 seg.end = "killed"
-        return cls(Path(run_dir), kind, name, check_share(share), previous)
+        started = time.time() - (time.perf_counter() - setup_since)
+        meter = cls(Path(run_dir), kind, name, check_share(share), previous)
+        meter.current = Segment(started, started)
+        meter._open = ("setup", setup_since)
+        meter.save()  # the segment exists on disk from its start
+        return meter
 
-    def add(self, phase: str, seconds: float) -> None:
+    def phase(self, name: str | None) -> None:
+        """End the phase being timed and start `name` (one of PHASES; None: untimed work)."""
+        if self._open is not None:
+            self._add(self._open[0], time.perf_counter() - self._open[1])
+        self._open = (name, time.perf_counter()) if name is not None else None
+
+    def _add(self, phase: str, seconds: float) -> None:
         attr = f"{phase}_s"
         setattr(self.current, attr, getattr(self.current, attr) + seconds)
 
-    def seen(self, samples: int, peak_memory_mb: float) -> None:
-        """A log point: the segment is alive; persist so a kill loses only the time since."""
+    def seen(self, samples: int, peak_memory_mb: float) -> dict[str, Any]:
+        """A log point: the segment is alive; persist so a kill loses only the time since.
+        `samples`: trained in this segment so far. Returns the run's cost so far."""
         self.current.samples = samples
         self.current.peak_memory_mb = max(self.current.peak_memory_mb, peak_memory_mb)
-        self.save()
+        return self.save()
 
     def checkpointed(self) -> None:
         self.current.checkpoint_at = time.time()
         self.save()
 
     def close(self, end: str) -> dict[str, Any]:
+        """End the segment (one of ENDS) and return the run's cost."""
+        self.phase(None)
         self.current.end = end
         return self.save()
 
-    def summary(self) -> dict[str, Any]:
-        return summarize(self.kind, self.name, self.share, [*self.previous, self.current])
-
     def save(self) -> dict[str, Any]:
+        """Persist every segment, the current one as of now (its open phase included)."""
         self.current.last_seen = time.time()
-        summary = self.summary()
-        log = [asdict(s) for s in (*self.previous, self.current)]
+        now = replace(self.current)
+        if self._open is not None:
+            attr = f"{self._open[0]}_s"
+            setattr(now, attr, getattr(now, attr) + time.perf_counter() - self._open[1])
+        segments = [*self.previous, now]
+        summary = summarize(self.kind, self.name, self.share, segments)
+        log = [asdict(s) for s in segments]
         store.write_cost(self.run_dir, {**summary, "log": log})
         return summary
 
