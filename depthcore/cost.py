@@ -106,7 +106,7 @@ def summarize(kind: str, name: str, share: float, segments: list[Segment]) -> di
         "samples": samples,
         "samples_per_s": round(samples / total["train"], 3) if total["train"] > 0 else None,
         "peak_memory_mb": round(max((s.peak_memory_mb for s in segments), default=0.0), 1),
-        "device_hours": round(wall * share / 3600, 6),
+        "device_hours": wall * share / 3600,
         "segments": len(segments),
     }
 
