@@ -59,11 +59,12 @@ def build_report(
     wanted = check_formats(formats)
     names = select_sweeps(results, list(sweeps) if sweeps else None)
     out = Path(out) if out is not None else results / "report"
-    loaded = [load_sweep(results, name) for name in names]
-    for name, data in zip(names, loaded, strict=True):
+    for name in names:
         estimate = compute.read_estimate(results, name)
-        write_sweep_report(data, out / name, wanted, figures=figures, estimate=estimate)
-    compute.write_total(out, loaded)
+        write_sweep_report(
+            load_sweep(results, name), out / name, wanted, figures=figures, estimate=estimate
+        )
+    compute.write_total(out, results)
     write_index(out)
     return out
 

@@ -8,7 +8,6 @@ sweep's start). A run folder shared by several trials or sweeps is counted once 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pandas as pd
 from depthcore import store
 from depthcore.report import tables, views
 from depthcore.report.html import Section, Table
-from depthcore.report.loading import SweepData
+from depthcore.report.loading import SweepData, list_sweeps, load_sweep
 
 COST_KEYS = ("device", "share", "wall_s", "lost_s", "samples_per_s", "device_hours")
 COLUMNS = (
@@ -127,11 +126,15 @@ def _view(table: pd.DataFrame) -> pd.DataFrame:
     return view
 
 
-def write_total(out: Path, sweeps: Iterable[SweepData]) -> Path:
-    """<out>/compute.csv: one row per sweep and a total over distinct run folders."""
-    per_sweep = [(data, run_costs(data)) for data in sweeps]
-    rows = [_row("sweep", data.name, costs) for data, costs in per_sweep]
-    every = [costs for _, costs in per_sweep if not costs.empty]
+def write_total(out: Path, results: Path) -> Path:
+    """<out>/compute.csv: a row per sweep reported in `out` (like the index, whichever build
+    wrote it) and a total over distinct run folders."""
+    known = set(list_sweeps(results))
+    names = sorted(p.parent.name for p in Path(out).glob("*/compute.csv"))
+    per_sweep = [load_sweep(results, n) for n in names if n in known]
+    costs = [(data.name, run_costs(data)) for data in per_sweep]
+    rows = [_row("sweep", name, frame) for name, frame in costs]
+    every = [frame for _, frame in costs if not frame.empty]
     union = pd.concat(every).drop_duplicates("run_id") if every else run_costs_empty()
     rows.append(_row("total", "all sweeps", union))
     path = Path(out) / "compute.csv"
