@@ -116,6 +116,7 @@ class CostMeter:
     """The current segment's clock, and the earlier segments read back from cost.json."""
 
     run_dir: Path
+    run_id: str
     kind: str
     name: str
     share: float
@@ -125,16 +126,19 @@ class CostMeter:
 
     @classmethod
     def start(
-        cls, run_dir: Path, kind: str, name: str, share: float, *, setup_since: float
+        cls, run_dir: Path, run_id: str, kind: str, name: str, share: float, *, setup_since: float
     ) -> CostMeter:
         """Begin a segment whose setup phase began at perf_counter() `setup_since`; earlier
-        segments still marked running were killed (they ended when last seen)."""
-        previous = [_segment(s) for s in (store.read_cost(run_dir) or {}).get("log", [])]
+        segments still marked running were killed (they ended when last seen). Segments of
+        another run (a reused folder where nothing was trained) are not this run's cost."""
+        state = store.read_cost(run_dir) or {}
+        old = state.get("log", []) if state.get("run_id") == run_id else []
+        previous = [_segment(s) for s in old]
         for seg in previous:
             if seg.end == "running":
                 seg.end = "killed"
         started = time.time() - (time.perf_counter() - setup_since)
-        meter = cls(Path(run_dir), kind, name, check_share(share), previous)
+        meter = cls(Path(run_dir), run_id, kind, name, check_share(share), previous)
         meter.current = Segment(started, started)
         meter._open = ("setup", setup_since)
         meter.save()  # the segment exists on disk from its start
@@ -177,7 +181,7 @@ class CostMeter:
         segments = [*self.previous, now]
         summary = summarize(self.kind, self.name, self.share, segments)
         log = [asdict(s) for s in segments]
-        store.write_cost(self.run_dir, {**summary, "log": log})
+        store.write_cost(self.run_dir, {**summary, "run_id": self.run_id, "log": log})
         return summary
 
 

@@ -511,7 +511,7 @@ def _setup(
     device = resolve_device(cfg.train.device)
     kind, name = _device_kind_name(device)
     share = acct.share if acct.share is not None else default_share(kind, torch.get_num_threads())
-    acct.meter = CostMeter.start(run_dir, kind, name, share, setup_since=acct.started)
+    acct.meter = CostMeter.start(run_dir, cfg.run_id(), kind, name, share, setup_since=acct.started)
     seed_everything(cfg.train.seed)
     torch.backends.cudnn.benchmark = not cfg.train.deterministic
     torch.backends.cudnn.deterministic = cfg.train.deterministic
