@@ -23,6 +23,13 @@ import torch
 
 from depthcore import store
 from depthcore.config import Config
+from depthcore.cost import (
+    CostMeter,
+    check_share,
+    cpu_name,
+    default_share,
+    host_peak_memory_mb,
+)
 from depthcore.cudagraph import GraphedStep, set_learning_rate
 from depthcore.data import (
     DataPaths,
@@ -38,6 +45,7 @@ from depthcore.hostmem import keep_freed_memory
 from depthcore.losses import LossTerms, compute_losses
 from depthcore.metrics import METRIC_NAMES
 from depthcore.networks import Models, build_models, predict_depth, predict_poses
+from depthcore.tensorboard import IMAGES, RunBoard, events_dir
 
 ReportFn = Callable[[dict[str, Any]], None]
 
@@ -386,15 +394,50 @@ class _Run:
     report: ReportFn | None
     progress_bar: bool
     gts: list[np.ndarray]  # loaded and counted against the test split at setup
+    meter: CostMeter
+    board: RunBoard
+    first_step: int  # the step this segment resumed from
+    acct: _Accounting
+
+
+@dataclass
+class _Accounting:
+    """Cost meter and TensorBoard writer of this segment (created in setup, closed by train)."""
+
+    started: float  # perf_counter() when train() was called
+    share: float | None
+    label: str | None
+    meter: CostMeter | None = None
+    board: RunBoard | None = None
+
+    def close(self, end: str) -> None:
+        """Record how the segment ended and close the writer; once (later calls do nothing)."""
+        if self.meter is not None:
+            self.meter.close(end)
+        if self.board is not None:
+            self.board.close()
+        self.meter = self.board = None
 
 
 def train(
-    cfg: Config, run_dir: str | Path, *, report: ReportFn | None = None, progress: bool = True
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    report: ReportFn | None = None,
+    progress: bool = True,
+    device_share: float | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run into `run_dir`, evaluate it and return final.json's contents.
 
     A run folder that already holds final.json is returned as is, without training.
+    `device_share` is the fraction of the device the run holds (Ray's resources.gpu; default a
+    whole GPU, or the CPU threads over the machine's cores): device-hours = wall x share.
+    `label` names the run in TensorBoard (runs/<id>/tb/<label>/; default the run id).
     """
+    acct = _Accounting(time.perf_counter(), device_share, label)
+    if device_share is not None:
+        check_share(device_share)  # before the folder is touched
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with store.RunLock(run_dir):
@@ -407,13 +450,17 @@ def train(
         store.remove_partial_files(run_dir / store.CHECKPOINT_DIR)
         run = None
         try:
-            run = _setup(cfg, run_dir, report, progress)
+            run = _setup(cfg, run_dir, report, progress, acct)
             return _run(run)
         except BaseException as exc:
             # Ctrl-C and Ray stopping a trial (SystemExit) interrupt a run; they are no failure.
-            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            acct.close("interrupted" if stopped else "failed")
+            if not stopped:
                 _record_error(run_dir, exc, run.prog.step if run is not None else None)
             raise
+        finally:
+            acct.close("finished")  # a no-op after _finish or the line above closed both
 
 
 def _check_same_run(cfg: Config, run_dir: Path, final: dict[str, Any] | None) -> None:
@@ -458,8 +505,13 @@ def _record_error(run_dir: Path, exc: BaseException, step: int | None) -> None:
     )
 
 
-def _setup(cfg: Config, run_dir: Path, report: ReportFn | None, progress: bool) -> _Run:
+def _setup(
+    cfg: Config, run_dir: Path, report: ReportFn | None, progress: bool, acct: _Accounting
+) -> _Run:
     device = resolve_device(cfg.train.device)
+    kind, name = _device_kind_name(device)
+    share = acct.share if acct.share is not None else default_share(kind, torch.get_num_threads())
+    acct.meter = CostMeter.start(run_dir, cfg.run_id(), kind, name, share, setup_since=acct.started)
     seed_everything(cfg.train.seed)
     torch.backends.cudnn.benchmark = not cfg.train.deterministic
     torch.backends.cudnn.deterministic = cfg.train.deterministic
@@ -472,7 +524,24 @@ def _setup(cfg: Config, run_dir: Path, report: ReportFn | None, progress: bool) 
     store.truncate_metrics(run_dir / store.METRICS_FILE, prog.step)
     gts = load_gt_depths(paths.gt_path, paths.test_files)  # checked now, not after an epoch
     step = make_step(rt, optimizer)
-    return _Run(cfg, run_dir, rt, optimizer, step, paths, prog, report, progress, gts)
+    acct.board = RunBoard(events_dir(run_dir, acct.label, cfg.run_id()), prog.step, cfg.to_yaml())
+    return _Run(
+        cfg, run_dir, rt, optimizer, step, paths, prog, report, progress, gts,
+        meter=acct.meter, board=acct.board, first_step=prog.step, acct=acct,
+    )  # fmt: skip
+
+
+def _device_kind_name(device: torch.device) -> tuple[str, str]:
+    """('cuda', 'NVIDIA H200') or ('cpu', '2 cores'): what the cost record names."""
+    if device.type == "cuda":
+        return "cuda", torch.cuda.get_device_name(device)
+    return device.type, cpu_name()
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20  # a host-side counter: no sync
+    return host_peak_memory_mb()
 
 
 def build_runtime(cfg: Config, device: torch.device) -> Runtime:
@@ -531,6 +600,7 @@ def _train_epoch(run: _Run, loader: Any, steps: int) -> dict[str, Any]:
     rt.models.train()
     log, losses = LossLog(), []
     bar = _progress_bar(run, steps)
+    run.meter.phase("train")
     start = time.perf_counter()
     for batch in _batches(loader, prog.epoch, steps):
         lr = learning_rate(cfg, prog.step, prog.epoch)
@@ -546,6 +616,7 @@ def _train_epoch(run: _Run, loader: Any, steps: int) -> dict[str, Any]:
         bar.close()
     prog.epoch += 1
     prog.elapsed_s += time.perf_counter() - start
+    run.meter.phase(None)
     return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr}
 
 
@@ -566,9 +637,19 @@ def _log_train(
                 "time_s": round(run.prog.elapsed_s + time.perf_counter() - start, 3),
             },
         )
+    if values.size and write:
+        _account(run)
+        run.board.train(step, values[-1], lr)
     if values.size and bar is not None:
         bar.set_postfix(loss=f"{values[-1, 0]:.4f}", lr=f"{lr:.2e}")
     return [float(v) for v in values[:, 0]]
+
+
+def _account(run: _Run) -> dict[str, Any]:
+    """A log point: samples so far in this segment and peak memory, persisted (cost.json);
+    returns the run's cost so far."""
+    samples = (run.prog.step - run.first_step) * run.cfg.optim.batch_size
+    return run.meter.seen(samples, _peak_memory_mb(run.rt.device))
 
 
 def _progress_bar(run: _Run, steps: int) -> Any:
@@ -582,9 +663,14 @@ def _progress_bar(run: _Run, steps: int) -> Any:
 def _end_epoch(run: _Run, record: dict[str, Any]) -> None:
     cfg, prog = run.cfg, run.prog
     metrics: dict[str, float] = {}
+    board = run.board
     if cfg.eval.every_epoch or prog.epoch == cfg.train.epochs:
-        evaluation = _evaluate(run, scales=(0,), keep=0)[0]
+        run.meter.phase("eval")
+        evaluation, preds = _evaluate(run, scales=(0,), keep=IMAGES)
+        run.meter.phase(None)
         metrics = evaluation.metrics_by_scale[0]
+        board.disparities(prog.step, preds.disp.get(0, []), preds.index)
+    board.epoch(prog.step, record, metrics)
     line = {
         "type": "epoch",
         "epoch": prog.epoch,
@@ -596,7 +682,11 @@ def _end_epoch(run: _Run, record: dict[str, Any]) -> None:
     # The line before the checkpoint: a crash between the two resumes from the previous
     # checkpoint, which drops the line and logs it again (the other order would lose it).
     store.append_jsonl(run.run_dir / store.METRICS_FILE, line)
+    cost = {"type": "cost", "epoch": prog.epoch, "step": prog.step, **_account(run)}
+    store.append_jsonl(run.run_dir / store.METRICS_FILE, cost)
     ckpt_dir = save_checkpoint(run.run_dir, run.rt, run.optimizer, prog)
+    run.meter.checkpointed()
+    board.flush()
     if run.progress_bar:
         shown = ", ".join(
             f"{k} {metrics[k]:.4f}" for k in ("abs_rel", "rmse", "a1") if k in metrics
@@ -621,7 +711,9 @@ def _evaluate(run: _Run, scales: tuple[int, ...], keep: int) -> tuple[Evaluation
 
 def _finish(run: _Run) -> dict[str, Any]:
     cfg, run_dir = run.cfg, run.run_dir
+    run.meter.phase("eval")
     evaluation, preds = _evaluate(run, scales=cfg.eval.scales, keep=cfg.eval.save_predictions)
+    run.meter.phase(None)
     _write_per_image(run_dir, evaluation)
     _write_predictions(run_dir, preds, cfg.eval.save_predictions)
     final = {
@@ -637,6 +729,8 @@ def _finish(run: _Run) -> dict[str, Any]:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **store.provenance(),
     }
+    final["cost"] = run.meter.close("finished")
+    run.acct.meter = None  # closed: train's exit paths leave it alone
     store.write_json_atomic(run_dir / store.FINAL_FILE, final)
     return final
 

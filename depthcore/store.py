@@ -446,3 +446,27 @@ def provenance() -> dict[str, Any]:
         "versions": package_versions(),
         "host": socket.gethostname(),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run cost (depthcore/cost.py computes it; docs/compute.md defines it)
+
+# runs/<run_id>/cost.json: the cost summary (device, share, wall_s, setup_s, train_s, eval_s,
+# lost_s, samples, samples_per_s, peak_memory_mb, device_hours, segments) plus `log`, one entry
+# per training segment; rewritten at every log point, so it is current while a run trains.
+COST_FILE = "cost.json"
+
+
+def write_cost(run_dir: str | Path, cost: dict[str, Any]) -> None:
+    write_json_atomic(Path(run_dir) / COST_FILE, cost)
+
+
+def read_cost(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's cost so far (plain data, see COST_FILE), or None when none was recorded.
+
+    Falls back to final.json's `cost` when cost.json is missing or damaged.
+    """
+    cost = read_json(Path(run_dir) / COST_FILE)
+    if cost is None:
+        cost = (read_final(run_dir) or {}).get("cost")
+    return cost if isinstance(cost, dict) and "device_hours" in cost else None

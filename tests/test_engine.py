@@ -52,8 +52,8 @@ def test_run_writes_the_results_contract(tiny_overrides, tmp_path) -> None:
     assert final["steps"] == 2 and final["epochs"] == 1 and final["device"] == "cpu"
     assert load_config(tmp_path / store.CONFIG_FILE) == cfg
     records = store.read_jsonl(tmp_path / store.METRICS_FILE)
-    assert [r["type"] for r in records] == ["train", "train", "epoch"]
-    assert "abs_rel" in records[-1] and np.isfinite(records[-1]["train_loss"])
+    assert [r["type"] for r in records] == ["train", "train", "epoch", "cost"]
+    assert "abs_rel" in records[-2] and np.isfinite(records[-2]["train_loss"])
     header, *rows = (tmp_path / store.PER_IMAGE_FILE).read_text().splitlines()
     assert header.split(",") == ["image", "scale", *METRIC_NAMES]
     assert len(rows) == 3 * final["n_images"]

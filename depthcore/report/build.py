@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from depthcore import store
 from depthcore.errors import ConfigError
 from depthcore.metrics import METRIC_NAMES
+from depthcore.report import compute, tables, views
 from depthcore.report import figures as plots
-from depthcore.report import tables, views
 from depthcore.report.html import FigureRef, Section, Table, render_index, render_report
 from depthcore.report.loading import (
     BASELINE,
@@ -60,7 +61,11 @@ def build_report(
     names = select_sweeps(results, list(sweeps) if sweeps else None)
     out = Path(out) if out is not None else results / "report"
     for name in names:
-        write_sweep_report(load_sweep(results, name), out / name, wanted, figures=figures)
+        estimate = compute.read_estimate(results, name)
+        write_sweep_report(
+            load_sweep(results, name), out / name, wanted, figures=figures, estimate=estimate
+        )
+    compute.write_total(out, results)
     write_index(out)
     return out
 
@@ -107,9 +112,15 @@ def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
 
 
 def write_sweep_report(
-    data: SweepData, folder: Path, formats: tuple[str, ...], *, figures: bool = True
+    data: SweepData,
+    folder: Path,
+    formats: tuple[str, ...],
+    *,
+    figures: bool = True,
+    estimate: dict[str, Any] | None = None,
 ) -> Path:
-    """Write every table, figure and report.html of one sweep into `folder`."""
+    """Write every table, figure and report.html of one sweep into `folder`; `estimate`: the
+    compute estimate recorded at the sweep's start (its index), shown beside what it cost."""
     configs = tables.aggregate_configs(data)
     sig, sig_note = significance(data, configs)
     rows = tables.ablation_rows(configs, data)
@@ -121,6 +132,8 @@ def write_sweep_report(
     sections.append(_per_scale(data, configs, folder, figures))
     if figures:
         sections += _figures(data, configs, folder)
+    if data.source == "results":
+        sections.append(compute.compute_section(data, folder, estimate))
     sections.append(_runs(data, folder))
     if figures:
         _remove_stale(folder / "figures", [ref for sec in sections for ref in sec.figures])

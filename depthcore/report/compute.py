@@ -1,0 +1,146 @@
+"""The report's Compute section: device-hours per configuration, per sweep and in total.
+
+Costs come from each run folder's cost record (store.read_cost; definitions: docs/compute.md),
+the sweep's estimate from its index (`estimate: {device_hours, runs, ...}`, written at the
+sweep's start). A run folder shared by several trials or sweeps is counted once per total.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from depthcore import store
+from depthcore.report import tables, views
+from depthcore.report.html import Section, Table
+from depthcore.report.loading import SweepData, list_sweeps, load_sweep
+
+COST_KEYS = ("device", "share", "wall_s", "lost_s", "samples_per_s", "device_hours")
+COLUMNS = (
+    "level", "name", "runs", "costed", "devices", "wall_h", "lost_h", "device_hours",
+    "estimate_runs", "estimate_device_hours",
+)  # fmt: skip
+NOTE = (
+    "Device-hours = wall time x the share of the device a run held (resources.gpu, or CPU cores "
+    "over the machine's); wall time includes data generation, evaluation and time lost to "
+    "interruptions (work after the last checkpoint). Runs without a cost record (trained before "
+    "it existed, or not started) count as not costed."
+)
+
+
+def read_estimate(results: str | Path, sweep: str) -> dict[str, Any] | None:
+    """The estimate recorded in the sweep index at its start, or None."""
+    index = store.read_yaml_file(Path(results) / store.SWEEPS_DIR / f"{sweep}.yaml") or {}
+    estimate = index.get("estimate")
+    if isinstance(estimate, dict) and _number(estimate.get("device_hours")) is not None:
+        return estimate
+    return None
+
+
+def run_costs(data: SweepData) -> pd.DataFrame:
+    """One row per distinct run folder: its configuration's name and its cost (NaN if none)."""
+    rows = []
+    for _, run in data.runs.drop_duplicates("run_id").iterrows():
+        found = store.read_cost(run["run_dir"]) if run["run_dir"] else None
+        cost = found or {}
+        rows.append(
+            {
+                "config": run["config"],
+                "name": tables.config_name(run, data.params),
+                "run_id": run["run_id"],
+                "costed": found is not None,
+                **{k: cost.get(k, math.nan) for k in COST_KEYS},
+            }
+        )
+    return pd.DataFrame(rows, columns=["config", "name", "run_id", "costed", *COST_KEYS])
+
+
+def compute_table(
+    data: SweepData, costs: pd.DataFrame, estimate: dict[str, Any] | None
+) -> pd.DataFrame:
+    """Configuration rows (sweep order), then the sweep's row with its estimate."""
+    rows = [
+        _row("configuration", group["name"].iloc[0], group)
+        for _, group in costs.groupby("config", sort=False)
+    ]
+    sweep = _row("sweep", data.name, costs)
+    if estimate is not None:
+        sweep["estimate_runs"] = _number(estimate.get("runs"))
+        sweep["estimate_device_hours"] = _number(estimate.get("device_hours"))
+    return pd.DataFrame([*rows, sweep], columns=list(COLUMNS))
+
+
+def _row(level: str, name: str, costs: pd.DataFrame) -> dict[str, Any]:
+    costed = costs[costs["costed"].astype(bool)]
+    return {
+        "level": level,
+        "name": name,
+        "runs": len(costs),
+        "costed": len(costed),
+        "devices": ", ".join(sorted(costed["device"].dropna().astype(str).unique())),
+        "wall_h": costed["wall_s"].sum() / 3600,
+        "lost_h": costed["lost_s"].sum() / 3600,
+        "device_hours": costed["device_hours"].sum(),
+    }
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) else None
+
+
+def compute_section(data: SweepData, folder: Path, estimate: dict[str, Any] | None) -> Section:
+    """Write compute.csv and compute.md into `folder`; the section for report.html."""
+    table = compute_table(data, run_costs(data), estimate)
+    store.write_text_atomic(folder / "compute.csv", table.to_csv(index=False))
+    view = _view(table)
+    lines = [_summary(table.iloc[-1])]
+    md = f"# {data.name}: compute\n\n{lines[0]}\n\n{views.plain_markdown(view)}\n{NOTE}\n"
+    store.write_text_atomic(folder / "compute.md", md)
+    section = Section("compute", "Compute", notes=lines)
+    section.tables.append(Table(views.plain_html(view, "compute"), legend=NOTE))
+    return section
+
+
+def _summary(sweep: pd.Series) -> str:
+    text = (
+        f"{sweep['device_hours']:.3g} device-hours for {sweep['costed']} of {sweep['runs']} "
+        f"runs ({sweep['devices'] or 'no device recorded'})"
+    )
+    if pd.notna(sweep["estimate_device_hours"]):
+        text += (
+            f"; estimated at the sweep's start: {sweep['estimate_device_hours']:.3g} "
+            f"device-hours for {sweep['estimate_runs']:.0f} runs"
+        )
+    return text + "."
+
+
+def _view(table: pd.DataFrame) -> pd.DataFrame:
+    view = table.copy()
+    for col in ("wall_h", "lost_h", "device_hours", "estimate_device_hours"):
+        view[col] = view[col].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
+    view["estimate_runs"] = view["estimate_runs"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    return view
+
+
+def write_total(out: Path, results: Path) -> Path:
+    """<out>/compute.csv: a row per sweep reported in `out` (like the index, whichever build
+    wrote it) and a total over distinct run folders."""
+    known = set(list_sweeps(results))
+    names = sorted(p.parent.name for p in Path(out).glob("*/compute.csv"))
+    per_sweep = [load_sweep(results, n) for n in names if n in known]
+    costs = [(data.name, run_costs(data)) for data in per_sweep]
+    rows = [_row("sweep", name, frame) for name, frame in costs]
+    every = [frame for _, frame in costs if not frame.empty]
+    union = pd.concat(every).drop_duplicates("run_id") if every else run_costs_empty()
+    rows.append(_row("total", "all sweeps", union))
+    path = Path(out) / "compute.csv"
+    store.write_text_atomic(path, pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(index=False))
+    return path
+
+
+def run_costs_empty() -> pd.DataFrame:
+    return pd.DataFrame(columns=["config", "name", "run_id", "costed", *COST_KEYS])
