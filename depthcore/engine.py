@@ -14,7 +14,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from depthcore.errors import ConfigError, TrainingError
 from depthcore.evaluate import Evaluation, Predictions, evaluate_model
 from depthcore.hostmem import keep_freed_memory
 from depthcore.losses import LossTerms, compute_losses
-from depthcore.metrics import METRIC_NAMES
 from depthcore.networks import Models, build_models, predict_depth, predict_poses
 
 ReportFn = Callable[[dict[str, Any]], None]
@@ -446,15 +444,12 @@ def _run_id_of(tree: dict[str, Any]) -> str | None:
 
 
 def _record_error(run_dir: Path, exc: BaseException, step: int | None) -> None:
-    store.write_json_atomic(
-        run_dir / store.ERROR_FILE,
-        {
-            "error": str(exc),
-            "type": type(exc).__name__,
-            "traceback": traceback.format_exc(),
-            "step": step,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
+    store.write_error(
+        run_dir,
+        kind=type(exc).__name__,
+        message=str(exc),
+        step=step,
+        traceback=traceback.format_exc(),
     )
 
 
@@ -622,7 +617,7 @@ def _evaluate(run: _Run, scales: tuple[int, ...], keep: int) -> tuple[Evaluation
 def _finish(run: _Run) -> dict[str, Any]:
     cfg, run_dir = run.cfg, run.run_dir
     evaluation, preds = _evaluate(run, scales=cfg.eval.scales, keep=cfg.eval.save_predictions)
-    _write_per_image(run_dir, evaluation)
+    store.write_per_image(run_dir, evaluation.per_image)
     _write_predictions(run_dir, preds, cfg.eval.save_predictions)
     final = {
         "run_id": cfg.run_id(),
@@ -634,24 +629,11 @@ def _finish(run: _Run) -> dict[str, Any]:
         "wall_time_s": round(run.prog.elapsed_s, 3),
         "device": describe_device(run.rt.device),
         "seed": cfg.train.seed,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": store.now(),
         **store.provenance(),
     }
     store.write_json_atomic(run_dir / store.FINAL_FILE, final)
     return final
-
-
-def _write_per_image(run_dir: Path, evaluation: Evaluation) -> None:
-    header = ",".join(["image", "scale", *METRIC_NAMES])
-    lines = [header]
-    for row in evaluation.per_image:
-        values = [
-            str(row["image"]),
-            str(row["scale"]),
-            *(repr(float(row[m])) for m in METRIC_NAMES),
-        ]
-        lines.append(",".join(values))
-    store.write_text_atomic(run_dir / store.PER_IMAGE_FILE, "\n".join(lines) + "\n")
 
 
 def _write_predictions(run_dir: Path, preds: Predictions, keep: int) -> None:
@@ -659,12 +641,10 @@ def _write_predictions(run_dir: Path, preds: Predictions, keep: int) -> None:
         return
     n = len(preds.rgb)
     scales = sorted(preds.disp)
-    disp = np.stack([np.stack([preds.disp[s][i] for s in scales]) for i in range(n)])
-    with store.atomic_path(run_dir / store.PREDICTIONS_FILE) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            image_index=np.asarray(preds.index[:n], dtype=np.int64),
-            rgb=np.stack(preds.rgb).astype(np.uint8),
-            scales=np.asarray(scales, dtype=np.int64),
-            disp=disp.astype(np.float32),
-        )
+    store.write_predictions(
+        run_dir,
+        image_index=np.asarray(preds.index[:n]),
+        rgb=np.stack(preds.rgb),
+        scales=np.asarray(scales),
+        disp=np.stack([np.stack([preds.disp[s][i] for s in scales]) for i in range(n)]),
+    )

@@ -12,7 +12,6 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +61,11 @@ class SweepIndex:
 
     def __init__(self, sweep: Sweep, results: Path, trials: Sequence[Trial]) -> None:
         self.sweep, self.results = sweep, results
-        self.path = results / store.SWEEPS_DIR / f"{sweep.name}.yaml"
+        self.path = store.sweep_index_path(results, sweep.name)
         self.entries: dict[str, dict[str, Any]] = {}
         if sweep.file.search.method == "optuna":
             self.swept = list(sweep.file.search.space)
-            old = store.read_yaml_file(self.path) or {}
+            old = store.read_sweep_index(results, sweep.name) or {}
             for entry in old.get("trials") or []:
                 if isinstance(entry, dict) and entry.get("trial_id") and entry.get("run_id"):
                     self.entries[str(entry["trial_id"])] = entry
@@ -97,22 +96,19 @@ class SweepIndex:
 
     def write(self) -> None:
         spec = self.sweep.file
-        store.write_yaml_atomic(
-            self.path,
+        store.write_sweep_index(
+            self.results,
+            self.sweep.name,
             {
                 "name": spec.name,
                 "sweep_file": str(self.sweep.path.resolve()) if self.sweep.path else None,
-                "updated": _now(),
+                "updated": store.now(),
                 "metric": spec.metric,
                 "mode": spec.resolved_mode,
                 "swept": self.swept,
                 "trials": list(self.entries.values()),
             },
         )
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,15 +189,12 @@ def _train_recording_errors(
         # The engine records its own failures; anything raised outside it (imports, a report
         # callback, a wrapper) is recorded here so that every failed run has an error.json.
         if not _recorded_since(run_dir, started):
-            store.write_json_atomic(
-                run_dir / store.ERROR_FILE,
-                {
-                    "error": str(exc),
-                    "type": type(exc).__name__,
-                    "traceback": traceback.format_exc(),
-                    "step": last.get("step"),
-                    "time": _now(),
-                },
+            store.write_error(
+                run_dir,
+                kind=type(exc).__name__,
+                message=str(exc),
+                step=last.get("step"),
+                traceback=traceback.format_exc(),
             )
         raise
 

@@ -22,10 +22,7 @@ from depthcore.report.loading import (
     BASELINE,
     SweepData,
     load_csv,
-    load_sweep,
-    read_curves,
-    read_predictions,
-    read_scales,
+    load_sweep_results,
     select_sweeps,
 )
 from depthcore.report.marginals import best_values, grid_points, marginal_stats, param_importance
@@ -59,7 +56,7 @@ def build_report(
     names = select_sweeps(results, list(sweeps) if sweeps else None)
     out = Path(out) if out is not None else results / "report"
     for name in names:
-        write_sweep_report(load_sweep(results, name), out / name, wanted, figures=figures)
+        write_sweep_report(load_sweep_results(results, name), out / name, wanted, figures=figures)
     write_index(out)
     return out
 
@@ -257,7 +254,7 @@ def per_scale_table(data: SweepData, configs: pd.DataFrame) -> pd.DataFrame:
         runs = data.runs[
             (data.runs["config"] == config["config"]) & (data.runs["status"] == "finished")
         ]
-        by_run = [read_scales(d) for d in runs["run_dir"] if d]
+        by_run = [store.read_scales(d) for d in runs["run_dir"] if d]
         scales = sorted({s for r in by_run for s in r})
         if len(scales) < 2:
             continue
@@ -378,7 +375,9 @@ PREDICTION_FIGURES = (
 
 def _curves(data: SweepData) -> list[tuple[str, list[dict[str, object]]]]:
     names = [tables.config_name(row, data.params) for _, row in data.runs.iterrows()]
-    return [(n, read_curves(d)) for n, d in zip(names, data.runs["run_dir"], strict=True) if d]
+    return [
+        (n, store.read_curves(d)) for n, d in zip(names, data.runs["run_dir"], strict=True) if d
+    ]
 
 
 def _chosen_predictions(data: SweepData, configs: pd.DataFrame) -> list[tuple[str, dict]]:
@@ -392,7 +391,7 @@ def _chosen_predictions(data: SweepData, configs: pd.DataFrame) -> list[tuple[st
             (data.runs["config"] == config["config"]) & (data.runs["status"] == "finished")
         ]
         for run_dir in runs["run_dir"]:
-            pred = read_predictions(run_dir) if run_dir else None
+            pred = store.read_predictions(run_dir) if run_dir else None
             if pred is not None:
                 picked.append((config["name"], pred))
                 break

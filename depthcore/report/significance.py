@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from depthcore import store
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
-from depthcore.report.loading import BASELINE, SweepData, read_per_image
+from depthcore.report.loading import BASELINE, SweepData
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -55,7 +56,9 @@ def paired_bootstrap(
 
 def config_per_image(runs: pd.DataFrame) -> tuple[pd.DataFrame | None, int]:
     """Per-image metrics averaged over the finished seeds of one configuration, and how many."""
-    tables = [read_per_image(d) for d in runs.loc[runs["status"] == "finished", "run_dir"] if d]
+    tables = [
+        store.read_per_image(d) for d in runs.loc[runs["status"] == "finished", "run_dir"] if d
+    ]
     tables = [t for t in tables if t is not None]
     if not tables:
         return None, 0
