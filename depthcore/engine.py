@@ -31,6 +31,11 @@ from depthcore.data import (
     resolve_data,
 )
 from depthcore.data.augment import apply_jitter
+from depthcore.device import (  # bench.py still imports them from here
+    describe_device,
+    resolve_device,
+    seed_everything,
+)
 from depthcore.errors import ConfigError, TrainingError
 from depthcore.evaluate import Evaluation, Predictions, evaluate_model
 from depthcore.hostmem import keep_freed_memory
@@ -41,31 +46,7 @@ ReportFn = Callable[[dict[str, Any]], None]
 
 
 # ----------------------------------------------------------------------------------------------
-# Devices, seeds and the learning-rate schedule
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available; asking for CUDA without one is a config error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "train.device: 'cuda' was requested but torch.cuda.is_available() is False "
-            "(no GPU, or a CPU-only torch build); use train.device=auto or cpu"
-        )
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# The learning-rate schedule
 
 
 def learning_rate(cfg: Config, step: int, epoch: int) -> float:

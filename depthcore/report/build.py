@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
+import depthcore.report.figures as plots
+import depthcore.report.tables as tables
+import depthcore.report.views as views
 from depthcore import store
 from depthcore.errors import ConfigError
 from depthcore.metrics import METRIC_NAMES
-from depthcore.report import figures as plots
-from depthcore.report import tables, views
 from depthcore.report.html import FigureRef, Section, Table, render_index, render_report
 from depthcore.report.loading import (
     BASELINE,
