@@ -14,7 +14,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +38,15 @@ from depthcore.data import (
     resolve_data,
 )
 from depthcore.data.augment import apply_jitter
+from depthcore.device import (  # bench.py still imports them from here
+    describe_device,
+    resolve_device,
+    seed_everything,
+)
 from depthcore.errors import ConfigError, TrainingError
 from depthcore.evaluate import Evaluation, Predictions, evaluate_model
 from depthcore.hostmem import keep_freed_memory
 from depthcore.losses import LossTerms, compute_losses
-from depthcore.metrics import METRIC_NAMES
 from depthcore.networks import Models, build_models, predict_depth, predict_poses
 from depthcore.tensorboard import IMAGES, RunBoard, events_dir
 
@@ -51,31 +54,7 @@ ReportFn = Callable[[dict[str, Any]], None]
 
 
 # ----------------------------------------------------------------------------------------------
-# Devices, seeds and the learning-rate schedule
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available; asking for CUDA without one is a config error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "train.device: 'cuda' was requested but torch.cuda.is_available() is False "
-            "(no GPU, or a CPU-only torch build); use train.device=auto or cpu"
-        )
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# The learning-rate schedule
 
 
 def learning_rate(cfg: Config, step: int, epoch: int) -> float:
@@ -493,15 +472,12 @@ def _run_id_of(tree: dict[str, Any]) -> str | None:
 
 
 def _record_error(run_dir: Path, exc: BaseException, step: int | None) -> None:
-    store.write_json_atomic(
-        run_dir / store.ERROR_FILE,
-        {
-            "error": str(exc),
-            "type": type(exc).__name__,
-            "traceback": traceback.format_exc(),
-            "step": step,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
+    store.write_error(
+        run_dir,
+        kind=type(exc).__name__,
+        message=str(exc),
+        step=step,
+        traceback=traceback.format_exc(),
     )
 
 
@@ -714,7 +690,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     run.meter.phase("eval")
     evaluation, preds = _evaluate(run, scales=cfg.eval.scales, keep=cfg.eval.save_predictions)
     run.meter.phase(None)
-    _write_per_image(run_dir, evaluation)
+    store.write_per_image(run_dir, evaluation.per_image)
     _write_predictions(run_dir, preds, cfg.eval.save_predictions)
     final = {
         "run_id": cfg.run_id(),
@@ -726,7 +702,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         "wall_time_s": round(run.prog.elapsed_s, 3),
         "device": describe_device(run.rt.device),
         "seed": cfg.train.seed,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": store.now(),
         **store.provenance(),
     }
     final["cost"] = run.meter.close("finished")
@@ -735,30 +711,15 @@ def _finish(run: _Run) -> dict[str, Any]:
     return final
 
 
-def _write_per_image(run_dir: Path, evaluation: Evaluation) -> None:
-    header = ",".join(["image", "scale", *METRIC_NAMES])
-    lines = [header]
-    for row in evaluation.per_image:
-        values = [
-            str(row["image"]),
-            str(row["scale"]),
-            *(repr(float(row[m])) for m in METRIC_NAMES),
-        ]
-        lines.append(",".join(values))
-    store.write_text_atomic(run_dir / store.PER_IMAGE_FILE, "\n".join(lines) + "\n")
-
-
 def _write_predictions(run_dir: Path, preds: Predictions, keep: int) -> None:
     if keep == 0 or not preds.rgb:
         return
     n = len(preds.rgb)
     scales = sorted(preds.disp)
-    disp = np.stack([np.stack([preds.disp[s][i] for s in scales]) for i in range(n)])
-    with store.atomic_path(run_dir / store.PREDICTIONS_FILE) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            image_index=np.asarray(preds.index[:n], dtype=np.int64),
-            rgb=np.stack(preds.rgb).astype(np.uint8),
-            scales=np.asarray(scales, dtype=np.int64),
-            disp=disp.astype(np.float32),
-        )
+    store.write_predictions(
+        run_dir,
+        image_index=np.asarray(preds.index[:n]),
+        rgb=np.stack(preds.rgb),
+        scales=np.asarray(scales),
+        disp=np.stack([np.stack([preds.disp[s][i] for s in scales]) for i in range(n)]),
+    )

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from depthcore.config import Config, EvalConfig, ModelConfig
+from depthcore.device import resolve_device
 from depthcore.errors import ConfigError
 from depthcore.geometry import disp_to_depth
 from depthcore.metrics import eigen_image_errors, mean_errors
@@ -174,7 +175,6 @@ def evaluate_weights(
 ) -> tuple[Evaluation, Config]:
     """Evaluate a run folder or a Monodepth2 model folder on the configured test split."""
     from depthcore.data import build_test_loader, load_gt_depths, resolve_data
-    from depthcore.engine import resolve_device
     from depthcore.weights import load_weights
 
     models, cfg = load_weights(weights, config=config, overrides=overrides)

@@ -14,6 +14,9 @@ Layout (everything under one results folder, default `results/`):
     sweeps/<name>.yaml          the sweep's trials: trial id, run id, swept values, status
 
 Every file is written atomically (temp file + rename), so a reader never sees half a file.
+Each file has its writer and its reader here (config.yaml and final.json are written with
+`write_text_atomic`/`write_json_atomic`); the engine, the sweep runner and the report use them
+and never parse a result file themselves. Readers never raise on half-written or foreign files.
 This module imports neither torch nor Ray: the report reads results with it alone.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import socket
@@ -28,13 +32,20 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
 from depthcore.errors import DepthcoreError
+from depthcore.metrics import METRIC_NAMES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RUNS_DIR = "runs"
 SWEEPS_DIR = "sweeps"
@@ -47,6 +58,9 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.pt"
 ERROR_FILE = "error.json"
 LOCK_FILE = "lock"
+
+# predictions.npz: image_index (N,), rgb (N, H, W, 3) uint8, scales (S,), disp (N, S, h, w).
+PREDICTION_ARRAYS = ("image_index", "rgb", "scales", "disp")
 
 STATUSES = ("finished", "failed", "running", "interrupted", "pending")
 
@@ -232,6 +246,112 @@ def read_error(run_dir: str | Path) -> dict[str, Any] | None:
     return read_json(Path(run_dir) / ERROR_FILE)
 
 
+def write_error(
+    run_dir: str | Path, *, kind: str, message: str, step: int | None, traceback: str = ""
+) -> None:
+    """error.json: why the run failed (`kind` is the exception's class name)."""
+    write_json_atomic(
+        Path(run_dir) / ERROR_FILE,
+        {"error": message, "type": kind, "traceback": traceback, "step": step, "time": now()},
+    )
+
+
+def now() -> str:
+    """The current UTC time as recorded in result files."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_curves(run_dir: str | Path) -> list[dict[str, Any]]:
+    """metrics.jsonl records (a torn last line is skipped)."""
+    if not run_dir:
+        return []
+    return read_jsonl(Path(run_dir) / METRICS_FILE)
+
+
+def read_scales(run_dir: str | Path) -> dict[int, dict[str, float]]:
+    """final.json metrics_by_scale as {scale: {metric: value}}; empty when absent."""
+    final = read_final(run_dir) if run_dir else None
+    by_scale = (final or {}).get("metrics_by_scale")
+    if not isinstance(by_scale, dict):
+        return {}
+    out = {}
+    for scale, metrics in by_scale.items():
+        if isinstance(metrics, dict) and str(scale).isdigit():
+            out[int(scale)] = {m: as_float(metrics.get(m)) for m in METRIC_NAMES}
+    return dict(sorted(out.items()))
+
+
+def as_float(value: Any) -> float:
+    """A finite float, or NaN for anything else (None, bools, text, inf)."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def write_per_image(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """per_image.csv: one row per image and scale (`image`, `scale` and every metric)."""
+    import pandas as pd  # here, not at the top: the engine and the data code need no pandas
+
+    table = pd.DataFrame(list(rows), columns=["image", "scale", *METRIC_NAMES])
+    table = table.astype({"image": str, "scale": str, **dict.fromkeys(METRIC_NAMES, float)})
+    write_text_atomic(Path(run_dir) / PER_IMAGE_FILE, table.to_csv(index=False, na_rep="nan"))
+
+
+def read_per_image(run_dir: str | Path, scale: int = 0) -> pd.DataFrame | None:
+    """Per-image metrics of one scale, indexed by image; None when absent or unreadable."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(Path(run_dir) / PER_IMAGE_FILE)
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        return None
+    if not {"image", "scale", *METRIC_NAMES} <= set(table.columns):
+        return None
+    table = table.apply(pd.to_numeric, errors="coerce").dropna(subset=["image", "scale"])
+    table = table[table["scale"] == scale].dropna(subset=list(METRIC_NAMES))
+    if table.empty:
+        return None
+    table["image"] = table["image"].astype(int)
+    return table.groupby("image")[list(METRIC_NAMES)].mean()
+
+
+def write_predictions(
+    run_dir: str | Path,
+    *,
+    image_index: np.ndarray,
+    rgb: np.ndarray,
+    scales: np.ndarray,
+    disp: np.ndarray,
+) -> None:
+    """predictions.npz (shapes: PREDICTION_ARRAYS), compressed, in the dtypes readers expect."""
+    with atomic_path(Path(run_dir) / PREDICTIONS_FILE) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            image_index=np.asarray(image_index, dtype=np.int64),
+            rgb=np.asarray(rgb).astype(np.uint8),
+            scales=np.asarray(scales, dtype=np.int64),
+            disp=np.asarray(disp).astype(np.float32),
+        )
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """predictions.npz as arrays, checked for the contract's shapes; None when unusable."""
+    try:
+        with np.load(Path(run_dir) / PREDICTIONS_FILE, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in PREDICTION_ARRAYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    n = arrays["image_index"].shape[0]
+    rgb, disp = arrays["rgb"], arrays["disp"]
+    ok = rgb.ndim == 4 and rgb.shape[0] == n and rgb.shape[-1] == 3 and disp.ndim == 4
+    ok = ok and disp.shape[:2] == (n, arrays["scales"].shape[0])
+    return arrays if ok and n > 0 else None
+
+
 def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE).is_file()
 
@@ -255,6 +375,26 @@ def list_runs(results: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep index: sweeps/<name>.yaml (schema: README.md, "Results layout")
+
+
+def sweep_index_path(results: str | Path, name: str) -> Path:
+    return Path(results) / SWEEPS_DIR / f"{name}.yaml"
+
+
+def write_sweep_index(results: str | Path, name: str, index: Mapping[str, Any]) -> Path:
+    """Write (replace) the sweep's index; returns its path."""
+    path = sweep_index_path(results, name)
+    write_yaml_atomic(path, dict(index))
+    return path
+
+
+def read_sweep_index(results: str | Path, name: str) -> dict[str, Any] | None:
+    """The sweep's index; None when absent or not a YAML mapping."""
+    return read_yaml_file(sweep_index_path(results, name))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -63,12 +63,10 @@ __all__ = [
     "Trial",
     "config_key_problem",
     "expand",
-    "index_entry",
     "load_sweep",
     "plan_lines",
     "run_groups",
     "sweep_from_dict",
-    "swept_keys",
     "trial_from_params",
 ]
 
@@ -679,42 +677,7 @@ def run_groups(trials: Sequence[Trial]) -> dict[str, list[Trial]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# What the sweep index (results/sweeps/<name>.yaml) and --dry-run show
-
-
-def swept_keys(trials: Sequence[Trial]) -> list[str]:
-    """Dotted keys that trials set and whose resolved values differ, in first-seen order."""
-    keys = list(dict.fromkeys(k for t in trials for k in t.params))
-    trees = [t.config.to_dict() for t in trials]
-    return [k for k in keys if len({repr(_get_dotted(tree, k)) for tree in trees}) > 1]
-
-
-def _get_dotted(tree: Mapping[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
-
-
-def index_entry(trial: Trial, status: str) -> dict[str, Any]:
-    """One `trials:` item of results/sweeps/<name>.yaml (schema: docs/results.md)."""
-    return {
-        "trial_id": trial.trial_id,
-        "run_id": trial.run_id,
-        "label": trial.label,
-        "role": trial.role,
-        "params": _plain(trial.params),
-        "seed": trial.seed,
-        "status": status,
-    }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+# What --dry-run shows
 
 
 def plan_lines(

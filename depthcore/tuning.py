@@ -10,6 +10,10 @@ results store (results/runs/<run_id>/ and results/sweeps/<name>.yaml), never Ray
   Ctrl-C followed by the same command continues where it stopped (no Tuner.restore needed);
 - a run locked by another live process (another sweep) is waited for, then its result is used;
 - every failure leaves error.json in the run folder; the summary points at those files.
+
+What needs no Ray (the sweep index, one trial's training and its error.json, `--only`) lives in
+`depthcore.trials`; this module adds the trainable, progress lines, `ray_session`, `run_sweep`
+and Optuna.
 """
 
 from __future__ import annotations
@@ -21,10 +25,8 @@ import os
 import shutil
 import socket
 import time
-import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +35,20 @@ from ray import tune
 
 from depthcore import store
 from depthcore.config import Config, config_from_dict
-from depthcore.errors import ConfigError, TrainingError
-from depthcore.sweep import (
-    Range,
-    Sweep,
-    Trial,
-    expand,
-    index_entry,
-    run_groups,
-    swept_keys,
-    trial_from_params,
+from depthcore.errors import ConfigError
+from depthcore.sweep import Range, Sweep, Trial, expand, run_groups, trial_from_params
+from depthcore.trials import (
+    LOCK_POLL_S,
+    Out,
+    SweepIndex,
+    SweepOutcome,
+    TrainFn,
+    engine_train,
+    execute_trial,
+    say,
 )
 
-__all__ = ["SweepOutcome", "execute_trial", "find_trial", "run_one", "run_sweep"]
-
-TrainFn = Callable[..., dict[str, Any]]
-Out = Callable[[str], None]
+__all__ = ["SweepOutcome", "ray_session", "run_sweep"]
 
 # Set for the driver and every worker before Ray starts.
 RAY_ENV = {
@@ -57,192 +57,7 @@ RAY_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # epochs lack metrics when eval.every_epoch=false
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
-# Failures that a retry in the same sweep invocation would only repeat (error.json "type").
-DETERMINISTIC_ERRORS = ("TrainingError", "DataError", "ConfigError")
-LOCK_POLL_S = float(os.environ.get("DEPTHSWEEP_LOCK_POLL_S", "10"))
 CONNECT_TIMEOUT_S = 10.0  # --address: how long a cluster's head may take to accept a connection
-
-
-def _say(message: str) -> None:
-    # Not `print` itself: callbacks are pickled with the Tuner, and Ray swaps builtins.print.
-    print(message, flush=True)
-
-
-def _engine_train() -> TrainFn:
-    from depthcore.engine import train
-
-    return train
-
-
-# ----------------------------------------------------------------------------------------------
-# The sweep index: results/sweeps/<name>.yaml (schema: docs/results.md, "Results layout")
-
-
-class SweepIndex:
-    """The sweep's trials and their statuses, rewritten atomically whenever one changes."""
-
-    def __init__(self, sweep: Sweep, results: Path, trials: Sequence[Trial]) -> None:
-        self.sweep, self.results = sweep, results
-        self.path = results / store.SWEEPS_DIR / f"{sweep.name}.yaml"
-        self.entries: dict[str, dict[str, Any]] = {}
-        if sweep.file.search.method == "optuna":
-            self.swept = list(sweep.file.search.space)
-            old = store.read_yaml_file(self.path) or {}
-            for entry in old.get("trials") or []:
-                if isinstance(entry, dict) and entry.get("trial_id") and entry.get("run_id"):
-                    self.entries[str(entry["trial_id"])] = entry
-        else:
-            self.swept = swept_keys(trials)
-        for trial in trials:
-            self.add(trial)
-
-    def add(self, trial: Trial, status: str | None = None) -> None:
-        status = status or store.run_status(self.run_dir(trial.run_id))
-        self.entries[trial.trial_id] = index_entry(trial, status)
-
-    def run_dir(self, run_id: str) -> Path:
-        return store.run_path(self.results, run_id)
-
-    def set_status(self, run_id: str, status: str) -> None:
-        for entry in self.entries.values():
-            if entry["run_id"] == run_id:
-                entry["status"] = status
-
-    def refresh(self) -> None:
-        """Statuses from the run folders (the source of truth)."""
-        for run_id in {e["run_id"] for e in self.entries.values()}:
-            self.set_status(run_id, store.run_status(self.run_dir(run_id)))
-
-    def status_of(self, run_id: str) -> str:
-        return next(e["status"] for e in self.entries.values() if e["run_id"] == run_id)
-
-    def write(self) -> None:
-        spec = self.sweep.file
-        store.write_yaml_atomic(
-            self.path,
-            {
-                "name": spec.name,
-                "sweep_file": str(self.sweep.path.resolve()) if self.sweep.path else None,
-                "updated": _now(),
-                "metric": spec.metric,
-                "mode": spec.resolved_mode,
-                "swept": self.swept,
-                "trials": list(self.entries.values()),
-            },
-        )
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# ----------------------------------------------------------------------------------------------
-# One trial, in any process: wait for a foreign lock, restore, train, record unexpected errors
-
-
-def execute_trial(
-    trial: Trial,
-    run_dir: Path,
-    train_fn: TrainFn,
-    *,
-    report: Callable[[dict[str, Any]], None] | None = None,
-    progress: bool = False,
-    session_start: float | None = None,
-    before_train: Callable[[Path], None] | None = None,
-    poll_s: float = LOCK_POLL_S,
-    out: Out = _say,
-) -> dict[str, Any]:
-    """Train `trial` into `run_dir` (resuming) and return final.json's dict.
-
-    A finished run is returned without training; a run locked by another live process is waited
-    for. `session_start` (the sweep's start time) makes a deterministic failure recorded since
-    then (non-finite loss, bad data) fail again at once instead of being retrained.
-    """
-    waited = False
-    while True:
-        final = store.read_final(run_dir)
-        if final is not None:
-            return final
-        if store.lock_is_held(run_dir):
-            if not waited:
-                owner = store.read_json(run_dir / store.LOCK_FILE) or {}
-                out(
-                    f"{trial.trial_id}: run {trial.run_id} is being trained by "
-                    f"{owner.get('host')} pid {owner.get('pid')}; waiting for it to finish"
-                )
-            waited = True
-            time.sleep(poll_s)
-            continue
-        _refuse_repeated_failure(run_dir, session_start)
-        if before_train is not None:
-            before_train(run_dir)
-        try:
-            return _train_recording_errors(trial, run_dir, train_fn, report, progress)
-        except store.RunLockedError:
-            continue  # another process claimed it between our check and the engine's lock
-
-
-def _train_recording_errors(
-    trial: Trial,
-    run_dir: Path,
-    train_fn: TrainFn,
-    report: Callable[[dict[str, Any]], None] | None,
-    progress: bool,
-) -> dict[str, Any]:
-    started = time.time()
-    last: dict[str, Any] = {}
-
-    def tracking_report(record: dict[str, Any]) -> None:
-        last["step"] = record.get("step")
-        if report is not None:
-            report(record)
-
-    try:
-        return train_fn(trial.config, run_dir, report=tracking_report, progress=progress)
-    except store.RunLockedError:
-        raise
-    except (KeyboardInterrupt, SystemExit):
-        # Ray stops a trial (Ctrl-C, shutdown) with sys.exit(0) inside tune.report: the run is
-        # interrupted, not failed; drop an error.json that recorded the stop as an error.
-        error = store.read_error(run_dir) or {}
-        if error.get("type") in ("SystemExit", "KeyboardInterrupt") and _recorded_since(
-            run_dir, started
-        ):
-            (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
-        raise
-    except Exception as exc:
-        # The engine records its own failures; anything raised outside it (imports, a report
-        # callback, a wrapper) is recorded here so that every failed run has an error.json.
-        if not _recorded_since(run_dir, started):
-            store.write_json_atomic(
-                run_dir / store.ERROR_FILE,
-                {
-                    "error": str(exc),
-                    "type": type(exc).__name__,
-                    "traceback": traceback.format_exc(),
-                    "step": last.get("step"),
-                    "time": _now(),
-                },
-            )
-        raise
-
-
-def _recorded_since(run_dir: Path, since: float) -> bool:
-    try:
-        return (run_dir / store.ERROR_FILE).stat().st_mtime >= since - 1
-    except FileNotFoundError:
-        return False
-
-
-def _refuse_repeated_failure(run_dir: Path, session_start: float | None) -> None:
-    error = store.read_error(run_dir)
-    if session_start is None or error is None or error.get("type") not in DETERMINISTIC_ERRORS:
-        return
-    if _recorded_since(run_dir, session_start + 1):
-        raise TrainingError(
-            f"{run_dir / store.ERROR_FILE}: this run already failed in this sweep with "
-            f"{error.get('type')}: {error.get('error')}; not retrying a failure that would repeat"
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,7 +185,7 @@ class _Progress(tune.Callback):
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, *, dashboard: bool, out: Out = _say) -> Iterator[bool]:
+def ray_session(address: str | None, *, dashboard: bool, out: Out = say) -> Iterator[bool]:
     """Join `address` (or RAY_ADDRESS), reuse a connected Ray, or start a local one.
 
     Yields whether the Ray instance is local and started here (only then is it shut down).
@@ -446,7 +261,7 @@ def _print_dashboard(ctx: Any, out: Out) -> None:
     out(f"Ray dashboard: {url}{note}")
 
 
-def _check_resources(sweep: Sweep, local: bool, out: Out = _say) -> None:
+def _check_resources(sweep: Sweep, local: bool, out: Out = say) -> None:
     """A local Ray that cannot fit one trial would wait forever: say so instead."""
     want = sweep.file.resources
     have = ray.cluster_resources()
@@ -466,21 +281,6 @@ def _check_resources(sweep: Sweep, local: bool, out: Out = _say) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # The sweep
-
-
-@dataclass
-class SweepOutcome:
-    """How a sweep ended; `exit_code` is 0 only when every run finished."""
-
-    name: str
-    index_path: Path
-    statuses: dict[str, str]  # trial id -> status
-    errors: dict[str, Path] = field(default_factory=dict)  # trial id -> error.json
-    trained: int = 0
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if all(s == "finished" for s in self.statuses.values()) else 1
 
 
 @dataclass(frozen=True)
@@ -504,7 +304,7 @@ def run_sweep(
     dashboard: bool = True,
     storage: str | None = None,
     poll_s: float = LOCK_POLL_S,
-    out: Out = _say,
+    out: Out = say,
 ) -> SweepOutcome:
     """Run every unfinished trial of `sweep` on Ray and return how the sweep ended.
 
@@ -520,7 +320,7 @@ def run_sweep(
         poll_s: seconds between checks of a run another process is training.
     """
     results = Path(results).resolve()
-    job = _Job(sweep, {}, str(results), train_fn or _engine_train(), time.time(), poll_s=poll_s)
+    job = _Job(sweep, {}, str(results), train_fn or engine_train(), time.time(), poll_s=poll_s)
     opts = _Options(address, max_concurrent, dashboard, storage, out)
     if sweep.file.search.method == "optuna":
         _check_local_data([config_from_dict(sweep.base)], address)
@@ -725,55 +525,3 @@ def _domain(rng: Range) -> Any:
     if rng.uniform is not None:
         return tune.uniform(*rng.uniform)
     return tune.loguniform(*(rng.loguniform or []))
-
-
-# ----------------------------------------------------------------------------------------------
-# --only: one trial in this process, no Ray
-
-
-def find_trial(sweep: Sweep, key: str) -> Trial:
-    """The trial whose id, label or run id is `key` (or a unique id prefix)."""
-    if sweep.file.search.method == "optuna":
-        raise ConfigError(f"--only {key}: search: optuna has no fixed trials to pick from")
-    trials = expand(sweep)
-    for match in (
-        lambda t: key in (t.trial_id, t.run_id),
-        lambda t: t.label == key,
-        lambda t: t.trial_id.startswith(key),
-    ):
-        found = [t for t in trials if match(t)]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            ids = ", ".join(t.trial_id for t in found[:5])
-            raise ConfigError(f"--only {key}: matches {len(found)} trials ({ids}); be precise")
-    known = "\n  ".join(t.trial_id for t in trials)
-    raise ConfigError(f"--only {key}: no such trial in {sweep.source}; trials:\n  {known}")
-
-
-def run_one(
-    sweep: Sweep,
-    key: str,
-    results: str | Path = "results",
-    *,
-    train_fn: TrainFn | None = None,
-    out: Out = _say,
-) -> SweepOutcome:
-    """Train one trial in this process (debugging: breakpoints work, no Ray involved)."""
-    results = Path(results).resolve()
-    trial = find_trial(sweep, key)
-    index = SweepIndex(sweep, results, expand(sweep))
-    run_dir = index.run_dir(trial.run_id)
-    out(f"{trial.trial_id}: run {trial.run_id} -> {run_dir}")
-    index.set_status(trial.run_id, "running")
-    index.write()
-    try:
-        execute_trial(trial, run_dir, train_fn or _engine_train(), progress=True, out=out)
-    finally:
-        index.refresh()
-        index.write()
-    only = {trial.trial_id: index.entries[trial.trial_id]["status"]}
-    errors = (
-        {trial.trial_id: run_dir / store.ERROR_FILE} if only[trial.trial_id] == "failed" else {}
-    )
-    return SweepOutcome(sweep.name, index.path, only, errors, 1)

@@ -22,7 +22,7 @@ def main() -> int:
     add_set_option(parser)
     args = parser.parse_args()
 
-    from depthcore.engine import resolve_device
+    from depthcore.device import resolve_device
     from depthcore.predict import predict_files
     from depthcore.weights import load_weights
 

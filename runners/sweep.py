@@ -45,10 +45,13 @@ def main() -> int:
         print("\n".join(plan_lines(sweep, trials, runs)))
         return 0
 
+    if args.only is not None:
+        from depthcore.trials import run_one  # no Ray: breakpoints and plain tracebacks work
+
+        return run_one(sweep, args.only, args.results).exit_code
+
     from depthcore import tuning  # the only module that imports Ray
 
-    if args.only is not None:
-        return tuning.run_one(sweep, args.only, args.results).exit_code
     return tuning.run_sweep(
         sweep,
         args.results,

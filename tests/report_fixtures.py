@@ -80,9 +80,7 @@ def write_sweep(
         "swept": swept,
         "trials": rows,
     }
-    path = Path(results) / store.SWEEPS_DIR / f"{name}.yaml"
-    store.write_yaml_atomic(path, index)
-    return path
+    return store.write_sweep_index(results, name, index)
 
 
 def write_run(run_dir: Path, trial: Trial, dataset: str) -> None:

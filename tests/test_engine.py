@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from depthcore import engine, store
+from depthcore import device, engine, store
 from depthcore.config import load_config
 from depthcore.errors import ConfigError, DataError, TrainingError
 from depthcore.metrics import METRIC_NAMES
@@ -33,8 +33,8 @@ def test_learning_rate_schedule_paper_semantics() -> None:
 def test_cuda_request_without_gpu_is_a_config_error(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"train\.device: 'cuda' was requested"):
-        engine.resolve_device("cuda")
-    assert engine.resolve_device("auto").type == "cpu"
+        device.resolve_device("cuda")
+    assert device.resolve_device("auto").type == "cpu"
 
 
 def test_run_writes_the_results_contract(tiny_overrides, tmp_path) -> None:
@@ -266,7 +266,7 @@ def test_short_cpu_training_learns_depth_on_synthetic_drives(tiny_overrides, tmp
         ],
     )
     paths = resolve_data(cfg)
-    engine.seed_everything(cfg.train.seed)  # the same initial networks as the run below
+    device.seed_everything(cfg.train.seed)  # the same initial networks as the run below
     untrained = engine.build_runtime(cfg, torch.device("cpu")).models
     before = evaluate_model(
         untrained, build_test_loader(cfg, paths), load_gt_depths(paths.gt_path),

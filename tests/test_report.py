@@ -15,7 +15,7 @@ from report_fixtures import Trial, write_sweep
 from depthcore.errors import ConfigError, DataError
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
 from depthcore.report import build_report, import_csv
-from depthcore.report.loading import load_csv, load_sweep
+from depthcore.report.loading import load_csv, load_sweep_results
 from depthcore.report.marginals import marginal_stats, param_importance
 from depthcore.report.tables import aggregate_configs, rank_marks
 
@@ -346,7 +346,7 @@ def test_load_sweep_reads_params_and_seeds(tmp_path: Path) -> None:
     write_sweep(
         tmp_path, "s", [Trial({"loss.w_c": 0.5, "train.seed": 3}, seed=3, metrics=MARK_RUNS["A"])]
     )
-    data = load_sweep(tmp_path, "s")
+    data = load_sweep_results(tmp_path, "s")
     assert data.params == ("loss.w_c",)  # the seed key is a repeat, not a hyperparameter
     assert data.runs["seed"].tolist() == [3.0]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_report_util import Trial, write_sweep
+from report_fixtures import Trial, write_sweep
 
 from depthcore import store
 from depthcore.metrics import METRIC_NAMES

@@ -182,3 +182,88 @@ def test_atomic_files_get_the_usual_permissions(tmp_path) -> None:
     expected = 0o666 & ~mask
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == expected
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# Round trips: every file the store owns reads back what was written
+
+
+def test_config_metrics_and_final_round_trip(tmp_path) -> None:
+    config = {"loss": {"photometric": "ssim_a", "w_c": 0.5}, "train": {"seed": 7}}
+    store.write_yaml_atomic(tmp_path / store.CONFIG_FILE, config)
+    assert store.read_run_config(tmp_path) == config
+    records = [{"type": "train", "step": 1, "loss": 0.5}, {"type": "epoch", "step": 2}]
+    for record in records:
+        store.append_jsonl(tmp_path / store.METRICS_FILE, record)
+    assert store.read_curves(tmp_path) == records
+    final = {"run_id": "r1", "metrics": {"abs_rel": 0.12}, "metrics_by_scale": {"1": {"a1": 0.8}}}
+    store.write_json_atomic(tmp_path / store.FINAL_FILE, final)
+    assert store.read_final(tmp_path) == final
+    assert store.read_scales(tmp_path)[1]["a1"] == 0.8
+
+
+def test_per_image_round_trip(tmp_path) -> None:
+    import numpy as np
+
+    from depthcore.metrics import METRIC_NAMES
+
+    values = np.arange(3 * len(METRIC_NAMES), dtype=np.float32).reshape(3, -1) / 7
+    rows = [
+        {"image": image, "scale": scale, **dict(zip(METRIC_NAMES, values[image], strict=True))}
+        for image in range(3)
+        for scale in (0, 1)
+    ]
+    store.write_per_image(tmp_path, rows)
+    for scale in (0, 1):
+        table = store.read_per_image(tmp_path, scale)
+        assert table is not None and list(table.columns) == list(METRIC_NAMES)
+        assert table.index.tolist() == [0, 1, 2]
+        np.testing.assert_array_equal(table.to_numpy(), values.astype(float))
+    assert store.read_per_image(tmp_path, scale=2) is None
+
+
+def test_predictions_round_trip(tmp_path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "image_index": np.array([4, 9]),
+        "rgb": rng.integers(0, 256, (2, 6, 8, 3)).astype(np.uint8),
+        "scales": np.array([0, 1]),
+        "disp": rng.random((2, 2, 3, 4)).astype(np.float32),
+    }
+    store.write_predictions(tmp_path, **arrays)
+    back = store.read_predictions(tmp_path)
+    assert back is not None and sorted(back) == sorted(arrays)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(back[key], value)
+
+
+def test_error_round_trip(tmp_path) -> None:
+    store.write_error(tmp_path, kind="TrainingError", message="nan", step=12, traceback="tb")
+    error = store.read_error(tmp_path)
+    assert error is not None and error.pop("time")
+    assert error == {"type": "TrainingError", "error": "nan", "step": 12, "traceback": "tb"}
+    assert store.run_status(tmp_path) == "failed"
+
+
+def test_sweep_index_round_trip(tmp_path) -> None:
+    index = {
+        "name": "s",
+        "metric": "abs_rel",
+        "swept": ["loss.w_c"],
+        "trials": [{"trial_id": "t0", "run_id": "r0", "params": {"loss.w_c": 0.5}}],
+    }
+    path = store.write_sweep_index(tmp_path, "s", index)
+    assert path == store.sweep_index_path(tmp_path, "s") and path.is_file()
+    assert store.read_sweep_index(tmp_path, "s") == index
+    assert store.read_sweep_index(tmp_path, "other") is None
+
+
+def test_lock_round_trip(tmp_path) -> None:
+    with store.RunLock(tmp_path):
+        owner = store.read_json(tmp_path / store.LOCK_FILE)
+        assert owner is not None
+        assert (owner["host"], owner["pid"]) == (socket.gethostname(), os.getpid())
+        assert store.lock_is_held(tmp_path)
+    assert not store.lock_is_held(tmp_path) and not (tmp_path / store.LOCK_FILE).exists()

@@ -11,14 +11,13 @@ import pytest
 from depthcore.errors import ConfigError
 from depthcore.sweep import (
     expand,
-    index_entry,
     load_sweep,
     plan_lines,
     run_groups,
     sweep_from_dict,
-    swept_keys,
     trial_from_params,
 )
+from depthcore.trials import index_entry, swept_keys
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"

@@ -28,7 +28,8 @@ from depthcore import store
 from depthcore.config import config_from_dict
 from depthcore.errors import ConfigError, DataError, TrainingError
 from depthcore.sweep import expand, sweep_from_dict, trial_from_params
-from depthcore.tuning import RAY_ENV, execute_trial, find_trial, run_one, run_sweep
+from depthcore.trials import execute_trial, find_trial, run_one
+from depthcore.tuning import RAY_ENV, run_sweep
 
 ATTEMPTS = "attempts.jsonl"
 TINY_BASE = {

@@ -12,7 +12,8 @@ from ray import cloudpickle
 from depthcore import store
 from depthcore.engine import train
 from depthcore.sweep import expand, load_sweep, sweep_from_dict
-from depthcore.tuning import execute_trial, run_sweep
+from depthcore.trials import execute_trial
+from depthcore.tuning import run_sweep
 
 SMOKE = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
 CONTRACT = ("config.yaml", "metrics.jsonl", "final.json", "per_image.csv", "predictions.npz")

@@ -14,20 +14,19 @@ from typing import Any
 
 import pandas as pd
 
+import depthcore.report.compute as compute
+import depthcore.report.figures as plots
+import depthcore.report.tables as tables
+import depthcore.report.views as views
 from depthcore import store
 from depthcore.errors import ConfigError
 from depthcore.metrics import METRIC_NAMES
-from depthcore.report import compute, tables, views
-from depthcore.report import figures as plots
 from depthcore.report.html import FigureRef, Section, Table, render_index, render_report
 from depthcore.report.loading import (
     BASELINE,
     SweepData,
     load_csv,
-    load_sweep,
-    read_curves,
-    read_predictions,
-    read_scales,
+    load_sweep_results,
     select_sweeps,
 )
 from depthcore.report.marginals import best_values, grid_points, marginal_stats, param_importance
@@ -63,7 +62,11 @@ def build_report(
     for name in names:
         estimate = compute.read_estimate(results, name)
         write_sweep_report(
-            load_sweep(results, name), out / name, wanted, figures=figures, estimate=estimate
+            load_sweep_results(results, name),
+            out / name,
+            wanted,
+            figures=figures,
+            estimate=estimate,
         )
     compute.write_total(out, results)
     write_index(out)
@@ -311,7 +314,7 @@ def per_scale_table(data: SweepData, configs: pd.DataFrame) -> pd.DataFrame:
         runs = data.runs[
             (data.runs["config"] == config["config"]) & (data.runs["status"] == "finished")
         ]
-        by_run = [read_scales(d) for d in runs["run_dir"] if d]
+        by_run = [store.read_scales(d) for d in runs["run_dir"] if d]
         scales = sorted({s for r in by_run for s in r})
         if len(scales) < 2:
             continue
@@ -432,7 +435,9 @@ PREDICTION_FIGURES = (
 
 def _curves(data: SweepData) -> list[tuple[str, list[dict[str, object]]]]:
     names = [tables.config_name(row, data.params) for _, row in data.runs.iterrows()]
-    return [(n, read_curves(d)) for n, d in zip(names, data.runs["run_dir"], strict=True) if d]
+    return [
+        (n, store.read_curves(d)) for n, d in zip(names, data.runs["run_dir"], strict=True) if d
+    ]
 
 
 def _chosen_predictions(data: SweepData, configs: pd.DataFrame) -> list[tuple[str, dict]]:
@@ -446,7 +451,7 @@ def _chosen_predictions(data: SweepData, configs: pd.DataFrame) -> list[tuple[st
             (data.runs["config"] == config["config"]) & (data.runs["status"] == "finished")
         ]
         for run_dir in runs["run_dir"]:
-            pred = read_predictions(run_dir) if run_dir else None
+            pred = store.read_predictions(run_dir) if run_dir else None
             if pred is not None:
                 picked.append((config["name"], pred))
                 break

@@ -13,10 +13,11 @@ from typing import Any
 
 import pandas as pd
 
+import depthcore.report.tables as tables
+import depthcore.report.views as views
 from depthcore import store
-from depthcore.report import tables, views
 from depthcore.report.html import Section, Table
-from depthcore.report.loading import SweepData, list_sweeps, load_sweep
+from depthcore.report.loading import SweepData, list_sweeps, load_sweep_results
 
 COST_KEYS = ("device", "share", "wall_s", "lost_s", "samples_per_s", "device_hours")
 COLUMNS = (
@@ -131,7 +132,7 @@ def write_total(out: Path, results: Path) -> Path:
     wrote it) and a total over distinct run folders."""
     known = set(list_sweeps(results))
     names = sorted(p.parent.name for p in Path(out).glob("*/compute.csv"))
-    per_sweep = [load_sweep(results, n) for n in names if n in known]
+    per_sweep = [load_sweep_results(results, n) for n in names if n in known]
     costs = [(data.name, run_costs(data)) for data in per_sweep]
     rows = [_row("sweep", name, frame) for name, frame in costs]
     every = [frame for _, frame in costs if not frame.empty]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,12 +76,14 @@ def select_sweeps(results: Path, wanted: list[str] | tuple[str, ...] | None) -> 
     return list(dict.fromkeys(wanted))
 
 
-def load_sweep(results: Path, name: str) -> SweepData:
+def load_sweep_results(results: Path, name: str) -> SweepData:
     """Read `<results>/sweeps/<name>.yaml` and the run folders it points to."""
-    path = Path(results) / store.SWEEPS_DIR / f"{name}.yaml"
-    index = store.read_yaml_file(path)
+    index = store.read_sweep_index(results, name)
     if index is None:
-        raise DataError(f"{path}: unreadable sweep index (not a YAML mapping); rerun the sweep")
+        raise DataError(
+            f"{store.sweep_index_path(results, name)}: unreadable sweep index (not a YAML "
+            "mapping); rerun the sweep"
+        )
     trials = [t for t in index.get("trials") or [] if isinstance(t, dict)]
     params = _swept_keys(index, trials)
     rows = [_trial_row(Path(results), trial, params) for trial in trials]
@@ -119,7 +120,7 @@ def _trial_row(results: Path, trial: dict[str, Any], params: tuple[str, ...]) ->
     }
     row.update({key: values.get(key) for key in params})
     metrics = final["metrics"] if final else {}
-    row.update({m: _as_float(metrics.get(m)) for m in METRIC_NAMES})
+    row.update({m: store.as_float(metrics.get(m)) for m in METRIC_NAMES})
     return row
 
 
@@ -140,20 +141,10 @@ def _status(run_dir: Path | None, final: dict[str, Any] | None) -> tuple[str, st
 
 def _seed(trial: dict[str, Any], final: dict[str, Any] | None) -> float:
     for value in (trial.get("seed"), (final or {}).get("seed")):
-        number = _as_float(value)
+        number = store.as_float(value)
         if not math.isnan(number):
             return number
     return math.nan
-
-
-def _as_float(value: Any) -> float:
-    if isinstance(value, bool) or value is None:
-        return math.nan
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
 
 
 def _dataset(runs: pd.DataFrame) -> str | None:
@@ -185,7 +176,7 @@ def normalise_values(column: pd.Series) -> pd.Series:
     """Numbers become floats, anything else its text (lists as JSON); missing stays missing."""
     values = [v for v in column if not _missing(v)]
     if values and all(_is_number(v) for v in values):
-        return pd.Series([_as_float(v) for v in column], index=column.index, dtype=float)
+        return pd.Series([store.as_float(v) for v in column], index=column.index, dtype=float)
     text = [None if _missing(v) else _text(v) for v in column]
     return pd.Series(text, index=column.index, dtype=object)
 
@@ -320,59 +311,3 @@ def _csv_param(text: str) -> Any:
 
 def _safe_name(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "imported"
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-run files (never raise)
-
-
-def read_per_image(run_dir: str | Path, scale: int = 0) -> pd.DataFrame | None:
-    """Per-image metrics of one scale, indexed by image; None when absent or unreadable."""
-    path = Path(run_dir) / store.PER_IMAGE_FILE
-    try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError):
-        return None
-    if not {"image", "scale", *METRIC_NAMES} <= set(table.columns):
-        return None
-    table = table.apply(pd.to_numeric, errors="coerce").dropna(subset=["image", "scale"])
-    table = table[table["scale"] == scale].dropna(subset=list(METRIC_NAMES))
-    if table.empty:
-        return None
-    table["image"] = table["image"].astype(int)
-    return table.groupby("image")[list(METRIC_NAMES)].mean()
-
-
-def read_curves(run_dir: str | Path) -> list[dict[str, Any]]:
-    """metrics.jsonl records (a torn last line is skipped)."""
-    if not run_dir:
-        return []
-    return store.read_jsonl(Path(run_dir) / store.METRICS_FILE)
-
-
-def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray] | None:
-    """predictions.npz as arrays, checked for the contract's shapes; None when unusable."""
-    path = Path(run_dir) / store.PREDICTIONS_FILE
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in ("image_index", "rgb", "scales", "disp")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-    n = arrays["image_index"].shape[0]
-    rgb, disp = arrays["rgb"], arrays["disp"]
-    ok = rgb.ndim == 4 and rgb.shape[0] == n and rgb.shape[-1] == 3 and disp.ndim == 4
-    ok = ok and disp.shape[:2] == (n, arrays["scales"].shape[0])
-    return arrays if ok and n > 0 else None
-
-
-def read_scales(run_dir: str | Path) -> dict[int, dict[str, float]]:
-    """final.json metrics_by_scale as {scale: {metric: value}}; empty when absent."""
-    final = store.read_final(run_dir) if run_dir else None
-    by_scale = (final or {}).get("metrics_by_scale")
-    if not isinstance(by_scale, dict):
-        return {}
-    out = {}
-    for scale, metrics in by_scale.items():
-        if isinstance(metrics, dict) and str(scale).isdigit():
-            out[int(scale)] = {m: _as_float(metrics.get(m)) for m in METRIC_NAMES}
-    return dict(sorted(out.items()))

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from depthcore import store
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
-from depthcore.report.loading import BASELINE, SweepData, read_per_image
+from depthcore.report.loading import BASELINE, SweepData
 
 LEVEL = 0.95
 # seeds_needed's answer for a difference of 0 (no finite number of seeds resolves it).
@@ -372,7 +373,7 @@ def run_matrix(runs: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.Index]:
 
     Images missing from a run are NaN there (compare drops them).
     """
-    read = [read_per_image(d) for d in runs.loc[runs["status"] == "finished", "run_dir"] if d]
+    read = [store.read_per_image(d) for d in runs.loc[runs["status"] == "finished", "run_dir"] if d]
     tables = [t for t in read if t is not None]
     if not tables:
         return {}, pd.Index([])

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+import depthcore.report.tables as tables
 from depthcore.metrics import METRIC_NAMES
-from depthcore.report import tables
 from depthcore.report.marginals import grid_points
 from depthcore.report.significance import SEEDS_LIMIT
 

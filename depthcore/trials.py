@@ -1,0 +1,327 @@
+"""Sweep trials without Ray: the sweep index, one trial's training with its errors recorded,
+and `--only` (one trial in this process).
+
+`depthcore.tuning` runs these same trials on Ray; everything here also works in a process that
+never imports Ray (runners/sweep.py --only), so breakpoints and plain tracebacks work.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from depthcore import store
+from depthcore.errors import ConfigError, TrainingError
+from depthcore.sweep import Sweep, Trial, expand
+
+__all__ = [
+    "SweepIndex",
+    "SweepOutcome",
+    "engine_train",
+    "execute_trial",
+    "find_trial",
+    "index_entry",
+    "run_one",
+    "say",
+    "swept_keys",
+]
+
+TrainFn = Callable[..., dict[str, Any]]
+Out = Callable[[str], None]
+
+# Failures that a retry in the same sweep invocation would only repeat (error.json "type").
+DETERMINISTIC_ERRORS = ("TrainingError", "DataError", "ConfigError")
+LOCK_POLL_S = float(os.environ.get("DEPTHSWEEP_LOCK_POLL_S", "10"))
+
+
+def say(message: str) -> None:
+    """The default `out`: one flushed line on stdout."""
+    # Not `print` itself: callbacks are pickled with the Tuner, and Ray swaps builtins.print.
+    print(message, flush=True)
+
+
+def engine_train() -> TrainFn:
+    """The engine's `train`, imported only when a trial runs (it pulls in torch)."""
+    from depthcore.engine import train
+
+    return train
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep index: results/sweeps/<name>.yaml (schema: README.md, "Results layout")
+
+
+class SweepIndex:
+    """The sweep's trials and their statuses, rewritten atomically whenever one changes."""
+
+    def __init__(self, sweep: Sweep, results: Path, trials: Sequence[Trial]) -> None:
+        self.sweep, self.results = sweep, results
+        self.path = store.sweep_index_path(results, sweep.name)
+        self.entries: dict[str, dict[str, Any]] = {}
+        if sweep.file.search.method == "optuna":
+            self.swept = list(sweep.file.search.space)
+            old = store.read_sweep_index(results, sweep.name) or {}
+            for entry in old.get("trials") or []:
+                if isinstance(entry, dict) and entry.get("trial_id") and entry.get("run_id"):
+                    self.entries[str(entry["trial_id"])] = entry
+        else:
+            self.swept = swept_keys(trials)
+        for trial in trials:
+            self.add(trial)
+
+    def add(self, trial: Trial, status: str | None = None) -> None:
+        status = status or store.run_status(self.run_dir(trial.run_id))
+        self.entries[trial.trial_id] = index_entry(trial, status)
+
+    def run_dir(self, run_id: str) -> Path:
+        return store.run_path(self.results, run_id)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        for entry in self.entries.values():
+            if entry["run_id"] == run_id:
+                entry["status"] = status
+
+    def refresh(self) -> None:
+        """Statuses from the run folders (the source of truth)."""
+        for run_id in {e["run_id"] for e in self.entries.values()}:
+            self.set_status(run_id, store.run_status(self.run_dir(run_id)))
+
+    def status_of(self, run_id: str) -> str:
+        return next(e["status"] for e in self.entries.values() if e["run_id"] == run_id)
+
+    def write(self) -> None:
+        spec = self.sweep.file
+        store.write_sweep_index(
+            self.results,
+            self.sweep.name,
+            {
+                "name": spec.name,
+                "sweep_file": str(self.sweep.path.resolve()) if self.sweep.path else None,
+                "updated": store.now(),
+                "metric": spec.metric,
+                "mode": spec.resolved_mode,
+                "swept": self.swept,
+                "trials": list(self.entries.values()),
+            },
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# One trial, in any process: wait for a foreign lock, restore, train, record unexpected errors
+
+
+def execute_trial(
+    trial: Trial,
+    run_dir: Path,
+    train_fn: TrainFn,
+    *,
+    report: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    session_start: float | None = None,
+    before_train: Callable[[Path], None] | None = None,
+    poll_s: float = LOCK_POLL_S,
+    out: Out = say,
+) -> dict[str, Any]:
+    """Train `trial` into `run_dir` (resuming) and return final.json's dict.
+
+    A finished run is returned without training; a run locked by another live process is waited
+    for. `session_start` (the sweep's start time) makes a deterministic failure recorded since
+    then (non-finite loss, bad data) fail again at once instead of being retrained.
+    """
+    waited = False
+    while True:
+        final = store.read_final(run_dir)
+        if final is not None:
+            return final
+        if store.lock_is_held(run_dir):
+            if not waited:
+                owner = store.read_json(run_dir / store.LOCK_FILE) or {}
+                out(
+                    f"{trial.trial_id}: run {trial.run_id} is being trained by "
+                    f"{owner.get('host')} pid {owner.get('pid')}; waiting for it to finish"
+                )
+            waited = True
+            time.sleep(poll_s)
+            continue
+        _refuse_repeated_failure(run_dir, session_start)
+        if before_train is not None:
+            before_train(run_dir)
+        try:
+            return _train_recording_errors(trial, run_dir, train_fn, report, progress)
+        except store.RunLockedError:
+            continue  # another process claimed it between our check and the engine's lock
+
+
+def _train_recording_errors(
+    trial: Trial,
+    run_dir: Path,
+    train_fn: TrainFn,
+    report: Callable[[dict[str, Any]], None] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    started = time.time()
+    last: dict[str, Any] = {}
+
+    def tracking_report(record: dict[str, Any]) -> None:
+        last["step"] = record.get("step")
+        if report is not None:
+            report(record)
+
+    try:
+        return train_fn(trial.config, run_dir, report=tracking_report, progress=progress)
+    except store.RunLockedError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        # Ray stops a trial (Ctrl-C, shutdown) with sys.exit(0) inside tune.report: the run is
+        # interrupted, not failed; drop an error.json that recorded the stop as an error.
+        error = store.read_error(run_dir) or {}
+        if error.get("type") in ("SystemExit", "KeyboardInterrupt") and _recorded_since(
+            run_dir, started
+        ):
+            (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        # The engine records its own failures; anything raised outside it (imports, a report
+        # callback, a wrapper) is recorded here so that every failed run has an error.json.
+        if not _recorded_since(run_dir, started):
+            store.write_error(
+                run_dir,
+                kind=type(exc).__name__,
+                message=str(exc),
+                step=last.get("step"),
+                traceback=traceback.format_exc(),
+            )
+        raise
+
+
+def _recorded_since(run_dir: Path, since: float) -> bool:
+    try:
+        return (run_dir / store.ERROR_FILE).stat().st_mtime >= since - 1
+    except FileNotFoundError:
+        return False
+
+
+def _refuse_repeated_failure(run_dir: Path, session_start: float | None) -> None:
+    error = store.read_error(run_dir)
+    if session_start is None or error is None or error.get("type") not in DETERMINISTIC_ERRORS:
+        return
+    if _recorded_since(run_dir, session_start + 1):
+        raise TrainingError(
+            f"{run_dir / store.ERROR_FILE}: this run already failed in this sweep with "
+            f"{error.get('type')}: {error.get('error')}; not retrying a failure that would repeat"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# How a sweep ended
+
+
+@dataclass
+class SweepOutcome:
+    """How a sweep ended; `exit_code` is 0 only when every run finished."""
+
+    name: str
+    index_path: Path
+    statuses: dict[str, str]  # trial id -> status
+    errors: dict[str, Path] = field(default_factory=dict)  # trial id -> error.json
+    trained: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if all(s == "finished" for s in self.statuses.values()) else 1
+
+
+# ----------------------------------------------------------------------------------------------
+# --only: one trial in this process, no Ray
+
+
+def find_trial(sweep: Sweep, key: str) -> Trial:
+    """The trial whose id, label or run id is `key` (or a unique id prefix)."""
+    if sweep.file.search.method == "optuna":
+        raise ConfigError(f"--only {key}: search: optuna has no fixed trials to pick from")
+    trials = expand(sweep)
+    for match in (
+        lambda t: key in (t.trial_id, t.run_id),
+        lambda t: t.label == key,
+        lambda t: t.trial_id.startswith(key),
+    ):
+        found = [t for t in trials if match(t)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            ids = ", ".join(t.trial_id for t in found[:5])
+            raise ConfigError(f"--only {key}: matches {len(found)} trials ({ids}); be precise")
+    known = "\n  ".join(t.trial_id for t in trials)
+    raise ConfigError(f"--only {key}: no such trial in {sweep.source}; trials:\n  {known}")
+
+
+def run_one(
+    sweep: Sweep,
+    key: str,
+    results: str | Path = "results",
+    *,
+    train_fn: TrainFn | None = None,
+    out: Out = say,
+) -> SweepOutcome:
+    """Train one trial in this process (debugging: breakpoints work, no Ray involved)."""
+    results = Path(results).resolve()
+    trial = find_trial(sweep, key)
+    index = SweepIndex(sweep, results, expand(sweep))
+    run_dir = index.run_dir(trial.run_id)
+    out(f"{trial.trial_id}: run {trial.run_id} -> {run_dir}")
+    index.set_status(trial.run_id, "running")
+    index.write()
+    try:
+        execute_trial(trial, run_dir, train_fn or engine_train(), progress=True, out=out)
+    finally:
+        index.refresh()
+        index.write()
+    only = {trial.trial_id: index.entries[trial.trial_id]["status"]}
+    errors = (
+        {trial.trial_id: run_dir / store.ERROR_FILE} if only[trial.trial_id] == "failed" else {}
+    )
+    return SweepOutcome(sweep.name, index.path, only, errors, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Index entries (schema: README.md, "Results layout")
+
+
+def swept_keys(trials: Sequence[Trial]) -> list[str]:
+    """Dotted keys that trials set and whose resolved values differ, in first-seen order."""
+    keys = list(dict.fromkeys(k for t in trials for k in t.params))
+    trees = [t.config.to_dict() for t in trials]
+    return [k for k in keys if len({repr(_get_dotted(tree, k)) for tree in trees}) > 1]
+
+
+def _get_dotted(tree: Mapping[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def index_entry(trial: Trial, status: str) -> dict[str, Any]:
+    """One `trials:` item of results/sweeps/<name>.yaml (schema: README.md, "Results layout")."""
+    return {
+        "trial_id": trial.trial_id,
+        "run_id": trial.run_id,
+        "label": trial.label,
+        "role": trial.role,
+        "params": _plain(trial.params),
+        "seed": trial.seed,
+        "status": status,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
