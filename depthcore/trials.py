@@ -7,6 +7,7 @@ never imports Ray (runners/sweep.py --only), so breakpoints and plain tracebacks
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
@@ -15,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from depthcore import store
 from depthcore.errors import ConfigError, TrainingError
+from depthcore.racing import RaceState, race
 from depthcore.sweep import Sweep, Trial, expand
 
 __all__ = [
@@ -94,21 +98,33 @@ class SweepIndex:
     def status_of(self, run_id: str) -> str:
         return next(e["status"] for e in self.entries.values() if e["run_id"] == run_id)
 
+    def race(self, trials: Sequence[Trial]) -> RaceState:
+        """Replay the race (adaptive seeds): the index then lists the trials it has used or asked
+        for, each with its arm's `seeds_run` and `stop_reason`."""
+        state = race_state(self.sweep, self.results, trials)
+        self.entries = {}
+        for trial in raced_trials(trials, state):
+            self.add(trial)
+            arm = state.arms[trial.arm]
+            self.entries[trial.trial_id].update(
+                seeds_run=arm.seeds_run, stop_reason=arm.stop_reason
+            )
+        return state
+
     def write(self) -> None:
         spec = self.sweep.file
-        store.write_sweep_index(
-            self.results,
-            self.sweep.name,
-            {
-                "name": spec.name,
-                "sweep_file": str(self.sweep.path.resolve()) if self.sweep.path else None,
-                "updated": store.now(),
-                "metric": spec.metric,
-                "mode": spec.resolved_mode,
-                "swept": self.swept,
-                "trials": list(self.entries.values()),
-            },
-        )
+        index = {
+            "name": spec.name,
+            "sweep_file": str(self.sweep.path.resolve()) if self.sweep.path else None,
+            "updated": store.now(),
+            "metric": spec.metric,
+            "mode": spec.resolved_mode,
+            "swept": self.swept,
+            "trials": list(self.entries.values()),
+        }
+        if spec.adaptive is not None:
+            index["seeds"] = spec.adaptive.model_dump()
+        store.write_sweep_index(self.results, self.sweep.name, index)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,3 +341,59 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Adaptive seeds: the race over the run folders (the statistics: depthcore.report.significance)
+
+# race_decision's outcomes -> the race's stop reasons (depthcore.racing.DECIDED)
+_RACE_STOPS = {"better": "better", "worse": "worse", "no difference": "no difference"}
+
+
+def race_state(sweep: Sweep, results: str | Path, trials: Sequence[Trial]) -> RaceState:
+    """Replay the sweep's race over its finished runs: each arm's seeds and stop reason, and the
+    runs to train next (empty when every arm is decided or at max seeds)."""
+    settings = sweep.file.adaptive
+    if settings is None:
+        raise ValueError(f"sweep {sweep.name!r} has no adaptive seeds (seeds: {{start, max}})")
+    from depthcore.report.significance import race_decision  # scipy: only when racing
+
+    arms: dict[str, list[str]] = {}
+    for trial in trials:
+        arms.setdefault(trial.arm, []).append(trial.run_id)
+    baseline = next(t.arm for t in trials if t.role == "baseline")
+    lower = sweep.file.resolved_mode == "min"
+
+    @functools.cache
+    def scores(run_id: str) -> np.ndarray | None:
+        run_dir = store.run_path(results, run_id)
+        table = store.read_per_image(run_dir) if store.read_final(run_dir) else None
+        return None if table is None else table[sweep.file.metric].to_numpy()
+
+    def decide(base: np.ndarray, cand: np.ndarray, look: int, n_looks: int) -> str:
+        verdict = race_decision(
+            base,
+            cand,
+            start=settings.start,
+            max_seeds=settings.max,
+            lower_is_better=lower,
+            level=settings.level,
+            spending=settings.spending,
+            margin=settings.margin,
+        )
+        return _RACE_STOPS.get(verdict, "open")
+
+    return race(arms, baseline, scores, settings.plan, decide)
+
+
+def raced_trials(trials: Sequence[Trial], state: RaceState) -> list[Trial]:
+    """The trials the race has used or asked for so far, each arm's first seeds."""
+    wanted = set(state.next_runs)
+    by_arm: dict[str, list[Trial]] = {}
+    for trial in trials:
+        by_arm.setdefault(trial.arm, []).append(trial)
+    out = []
+    for arm, group in by_arm.items():
+        asked = [i + 1 for i, t in enumerate(group) if t.run_id in wanted]
+        out += group[: max([state.arms[arm].seeds_run, *asked])]
+    return out

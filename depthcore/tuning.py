@@ -36,6 +36,7 @@ from ray import tune
 from depthcore import store
 from depthcore.config import Config, config_from_dict
 from depthcore.errors import ConfigError
+from depthcore.racing import run_bounds
 from depthcore.sweep import Range, Sweep, Trial, expand, run_groups, trial_from_params
 from depthcore.trials import (
     LOCK_POLL_S,
@@ -326,6 +327,8 @@ def run_sweep(
         _check_local_data([config_from_dict(sweep.base)], address)
         return _run_optuna(job, opts)
     trials = expand(sweep)
+    if sweep.file.adaptive is not None:
+        return _race(job, opts, trials)
     index = SweepIndex(sweep, results, trials)
     index.write()
     todo = _todo(index, trials)
@@ -337,6 +340,38 @@ def run_sweep(
         space = {"trial_id": tune.grid_search([t.trial_id for t in todo])}
         _run_on_ray(job, opts, index, space)
     return _summarise(sweep, index, len(todo), out)
+
+
+def _race(job: _Job, opts: _Options, trials: Sequence[Trial]) -> SweepOutcome:
+    """Adaptive seeds: rounds of Ray trials, each over the runs the race asks for next, until
+    every arm is decided or at max seeds (see depthcore/racing.py)."""
+    sweep, out = job.sweep, opts.out
+    index = SweepIndex(sweep, Path(job.results), trials)
+    state = index.race(trials)
+    index.write()
+    _check_local_data([t.config for t in trials], opts.address)
+    settings = sweep.file.adaptive
+    assert settings is not None  # run_sweep races only such sweeps
+    low, high = run_bounds(len({t.arm for t in trials}), settings.plan)
+    out(f"{sweep.name}: adaptive seeds (start {settings.start}, max {settings.max}): "
+        f"{low} to {high} runs")  # fmt: skip
+    tried: set[str] = set()
+    trained = 0
+    while state.next_runs:
+        if tried.issuperset(state.next_runs):
+            out(f"{sweep.name}: race halted: {len(state.next_runs)} runs did not finish")
+            break
+        tried |= set(state.next_runs)
+        todo = _todo(index, [t for t in trials if t.run_id in set(state.next_runs)])
+        out(f"{sweep.name}: race round: {len(todo)} runs to train")
+        round_job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
+        _run_on_ray(round_job, opts, index, {"trial_id": tune.grid_search(list(round_job.trials))})
+        trained += len(todo)
+        state = index.race(trials)
+        index.write()
+    for arm, arm_state in state.arms.items():
+        out(f"  {arm}: {arm_state.seeds_run} seeds, {arm_state.stop_reason}")
+    return _summarise(sweep, index, trained, out)
 
 
 def _check_local_data(configs: Sequence[Config], address: str | None) -> None:

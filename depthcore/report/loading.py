@@ -26,6 +26,7 @@ SEED_KEYS = ("train.seed", "seed")
 # Columns of an imported CSV that are not hyperparameters.
 CSV_RESERVED = ("seed", "label", "role")
 RUN_COLUMNS = ("trial_id", "run_id", "label", "role", "seed", "status", "message", "run_dir")
+RACE_COLUMNS = ("seeds_run", "stop_reason")  # adaptive seeds: the race's record per trial
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class SweepData:
     dataset: str | None
     metric: str
     source: str  # "results" or "csv"
+    race: dict[str, Any] | None = None  # the index's `seeds: {start, max, ...}` when raced
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,8 +91,9 @@ def load_sweep_results(results: Path, name: str) -> SweepData:
     rows = [_trial_row(Path(results), trial, params) for trial in trials]
     runs = _runs_frame(rows, params)
     metric = index.get("metric") if index.get("metric") in METRIC_NAMES else METRIC_NAMES[0]
+    race = index.get("seeds") if isinstance(index.get("seeds"), dict) else None
     return SweepData(
-        str(index.get("name") or name), params, runs, _dataset(runs), metric, "results"
+        str(index.get("name") or name), params, runs, _dataset(runs), metric, "results", race
     )
 
 
@@ -118,6 +121,7 @@ def _trial_row(results: Path, trial: dict[str, Any], params: tuple[str, ...]) ->
         "message": message,
         "run_dir": str(run_dir) if run_dir else "",
     }
+    row.update({key: trial.get(key) for key in RACE_COLUMNS if key in trial})
     row.update({key: values.get(key) for key in params})
     metrics = final["metrics"] if final else {}
     row.update({m: store.as_float(metrics.get(m)) for m in METRIC_NAMES})
@@ -162,6 +166,8 @@ def _dataset(runs: pd.DataFrame) -> str | None:
 
 def _runs_frame(rows: list[dict[str, Any]], params: tuple[str, ...]) -> pd.DataFrame:
     columns = [*RUN_COLUMNS, *params, *METRIC_NAMES]
+    if any(key in row for row in rows for key in RACE_COLUMNS):
+        columns[len(RUN_COLUMNS) : len(RUN_COLUMNS)] = RACE_COLUMNS
     runs = pd.DataFrame(rows, columns=columns)
     for key in params:
         runs[key] = normalise_values(runs[key])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import pandas as pd
@@ -404,7 +404,7 @@ def significance(data: SweepData, configs: pd.DataFrame) -> tuple[pd.DataFrame, 
         runs = data.runs[data.runs["config"] == config["config"]]
         table, images = run_matrix(runs)
         if table:
-            rows += _rows(config, runs, table, images, base, base_images)
+            rows += _rows(config, runs, table, images, base, base_images, data.race)
     if not rows:
         return empty, "no configuration other than the baseline has readable per-image metrics"
     return adjust(pd.DataFrame(rows, columns=list(COLUMNS))), ""
@@ -417,6 +417,7 @@ def _rows(
     images: pd.Index,
     base: dict[str, np.ndarray],
     base_images: pd.Index,
+    race_settings: dict[str, Any] | None = None,
 ) -> list[dict[str, object]]:
     shared = images.intersection(base_images)
     if len(shared) < 2:
@@ -426,8 +427,9 @@ def _rows(
     rows = []
     for metric in METRIC_NAMES:
         cand, ref = table[metric][:, mine], base[metric][:, theirs]
+        level = _row_level(len(cand), race_settings)
         try:
-            result = compare(ref, cand, lower_is_better=LOWER_IS_BETTER[metric])
+            result = compare(ref, cand, lower_is_better=LOWER_IS_BETTER[metric], level=level)
         except ValueError:
             continue  # no image scored in every run of both arms
         kept = np.isfinite(ref).all(axis=0) & np.isfinite(cand).all(axis=0)
@@ -458,6 +460,17 @@ def _rows(
     return rows
 
 
+def _row_level(n_seeds: int, race_settings: dict[str, Any] | None) -> float:
+    """A raced trial is judged at its last look's level (the race spent the error rate over its
+    looks: judging it at 95% again would add a look); other trials at LEVEL."""
+    if not race_settings:
+        return LEVEL
+    start, most = int(race_settings["start"]), int(race_settings["max"])
+    level = float(race_settings.get("level", LEVEL))
+    spending = race_settings.get("spending", "bonferroni")
+    return race_level(min(max(n_seeds, start), most), start, most, level, spending)
+
+
 def _needed(result: Comparison) -> float:
     if not math.isfinite(result.seed_sd):
         return math.nan
@@ -478,8 +491,12 @@ def adjust(table: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     result, and a single-seed row never claims a difference."""
     table = table.copy()
     table["significant"] = False
+    # A row tested at a stricter level (a raced trial's last look) enters Holm with its p-value
+    # scaled by the same factor, so with one configuration Holm reproduces its own test.
+    scale = (1 - level) / (1 - table["level"].astype(float))
+    p_values = (table["p_value"].astype(float) * scale).clip(upper=1.0)
     for _, part in table.groupby("metric", sort=False):
-        table.loc[part.index, "significant"] = holm(part["p_value"].to_numpy(float), 1 - level)
+        table.loc[part.index, "significant"] = holm(p_values[part.index].to_numpy(float), 1 - level)
     table["significant"] = table["significant"].astype(bool)
     table["verdict"] = [verdict(row) for _, row in table.iterrows()]
     return table
