@@ -1,0 +1,142 @@
+"""Adaptive seeds end to end: a raced sweep on Ray with a stand-in engine, then its report.
+
+The stand-in writes the engine's files (config.yaml, per_image.csv, final.json) with per-image
+abs_rel = image difficulty + the arm's shift + a seed effect, so the arm `good` is far better
+than the baseline and the arm `same` is the baseline under other seeds (an A/A arm).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+from ray import cloudpickle
+
+from depthcore import store
+from depthcore.metrics import METRIC_NAMES
+from depthcore.report import build_report
+from depthcore.report.loading import load_sweep_results
+from depthcore.sweep import expand, sweep_from_dict
+from depthcore.trials import race_state
+from depthcore.tuning import RAY_ENV, run_sweep
+
+ATTEMPTS = "attempts.jsonl"
+SHIFT = {"standard": 0.0, "l1": -0.05, "ssim_a": 0.0}  # loss.photometric -> abs_rel shift
+N_IMAGES = 30
+
+
+def stand_in_train(cfg: Any, run_dir: str | Path, **_: Any) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with store.RunLock(run_dir):
+        final = store.read_final(run_dir)
+        if final is not None:
+            return final
+        store.append_jsonl(run_dir / ATTEMPTS, {"seed": cfg.train.seed})
+        # A crash that leaves no final.json, while results/crash-<seed> exists (files, not the
+        # environment: Ray's workers started before the test set anything).
+        if (run_dir.parent.parent / f"crash-{cfg.train.seed}").exists():
+            raise RuntimeError("simulated crash")
+        store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
+        difficulty = np.random.default_rng(0).uniform(0.1, 0.3, N_IMAGES)
+        noise = np.random.default_rng([cfg.train.seed, len(cfg.loss.photometric)])
+        value = difficulty + SHIFT[cfg.loss.photometric] + noise.normal(0, 0.003)
+        value = value + noise.normal(0, 0.002, N_IMAGES)
+        rows = [
+            {"image": i, "scale": 0, **dict.fromkeys(METRIC_NAMES, v)} for i, v in enumerate(value)
+        ]
+        store.write_per_image(run_dir, rows)
+        metrics = dict.fromkeys(METRIC_NAMES, float(value.mean()))
+        final = {"status": "finished", "metrics": metrics, "epochs": 1, "run_id": cfg.run_id()}
+        store.write_json_atomic(run_dir / store.FINAL_FILE, final)
+        return final
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Any:
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    ctx = ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": dict(RAY_ENV)},
+        logging_level=logging.WARNING,
+    )
+    yield ctx
+    ray.shutdown()
+
+
+def race_sweep() -> Any:
+    return sweep_from_dict(
+        {
+            "name": "race",
+            "base": {"model": {"pretrained": False}, "train": {"seed": 10, "device": "cpu"}},
+            "trials": [
+                {"label": "baseline", "role": "baseline", "loss.photometric": "standard"},
+                {"label": "good", "loss.photometric": "l1"},
+                {"label": "same", "loss.photometric": "ssim_a"},
+            ],
+            "seeds": {"start": 2, "max": 4, "spending": "bonferroni"},
+            "max_concurrent": 2,
+        }
+    )
+
+
+def attempts(results: Path, run_id: str) -> int:
+    return len(store.read_jsonl(store.run_path(results, run_id) / ATTEMPTS))
+
+
+@pytest.mark.slow
+def test_a_race_adds_seeds_only_to_open_trials_resumes_and_reports_why_it_stopped(
+    ray_local: Any, tmp_path: Path
+) -> None:
+    sweep = race_sweep()
+    trials = expand(sweep)
+    by_arm = {arm: [t for t in trials if t.arm == arm] for arm in ("baseline", "good", "same")}
+    # First invocation: the third seed (12) crashes every time it starts.
+    (tmp_path / "crash-12").touch()
+    outcome = run_sweep(sweep, tmp_path, train_fn=stand_in_train, dashboard=False)
+    assert outcome.exit_code == 1
+    state = race_state(sweep, tmp_path, trials)
+    assert state.arms["good"].stop_reason == "better" and state.arms["good"].seeds_run == 2
+    assert state.arms["same"].stop_reason == "open"
+    assert set(state.next_runs) == {by_arm["baseline"][2].run_id, by_arm["same"][2].run_id}
+    # The decided arm got no third seed; nothing finished is trained again.
+    assert not store.run_path(tmp_path, by_arm["good"][2].run_id).exists()
+
+    (tmp_path / "crash-12").unlink()
+    outcome = run_sweep(sweep, tmp_path, train_fn=stand_in_train, dashboard=False)
+    assert outcome.exit_code == 0
+    state = race_state(sweep, tmp_path, trials)
+    assert state.finished
+    assert state.arms["same"].stop_reason in ("no difference", "max seeds")
+    n_same = state.arms["same"].seeds_run
+    assert n_same >= 3
+    for trial in by_arm["baseline"][:2] + by_arm["good"][:2] + by_arm["same"][:2]:
+        assert attempts(tmp_path, trial.run_id) == 1  # trained once across both invocations
+
+    index = store.read_sweep_index(tmp_path, "race")
+    assert index is not None and index["seeds"]["max"] == 4
+    entries = {e["trial_id"]: e for e in index["trials"]}
+    assert {e["stop_reason"] for e in entries.values() if e["label"] == "good"} == {"better"}
+    assert sum(e["label"] == "same" for e in entries.values()) == n_same
+
+    data = load_sweep_results(tmp_path, "race")
+    assert data.race is not None and data.race["start"] == 2
+    build_report(tmp_path, out=tmp_path / "report", formats=("csv", "md"))
+    sig = (tmp_path / "report" / "race" / "significance.csv").read_text()
+    assert "stop_reason" in sig and "better" in sig
+    table = pd.read_csv(tmp_path / "report" / "race" / "significance.csv")
+    abs_rel = table[table["metric"] == "abs_rel"].set_index("name")
+    assert bool(abs_rel.loc["good", "significant"])
+    assert not bool(abs_rel.loc["same", "significant"])  # the A/A arm claims nothing
+    assert int(abs_rel.loc["same", "seeds_run"]) == n_same
