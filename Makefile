@@ -25,6 +25,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check depthcore runners tests
 	$(BIN)/ruff format --check depthcore runners tests
+	$(BIN)/mypy
 
 demo: $(STAMP)
 	$(BIN)/python runners/sweep.py sweeps/quickstart.yaml

@@ -563,8 +563,9 @@ def _run(run: _Run) -> dict[str, Any]:
 
 def _batches(loader: Any, epoch: int, limit: int) -> Iterator[dict[str, torch.Tensor]]:
     for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
     for i, batch in enumerate(loader):
         if i >= limit:
             break

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from depthcore import store
+from depthcore.config import DataConfig, ModelConfig
 from depthcore.errors import DataError
 from depthcore.geometry import disp_to_depth
 from depthcore.networks import Models, predict_depth
@@ -54,7 +55,7 @@ def predict_image(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scaled disparity (1, 1, height, width) and the disparity resized to the image's size."""
     device = next(models.parameters()).device
-    resized = image.resize((width, height), Image.LANCZOS)
+    resized = image.resize((width, height), Image.Resampling.LANCZOS)
     x = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)[None].float().div(255)
     disp = predict_depth(models, x.to(device))[0]
     scaled = disp_to_depth(disp, min_depth, max_depth)[0]
@@ -63,7 +64,12 @@ def predict_image(
 
 
 def predict_files(
-    models: Models, images: Sequence[str | Path], out_dir: str | Path, *, cfg_model, cfg_data
+    models: Models,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    cfg_model: ModelConfig,
+    cfg_data: DataConfig,
 ) -> list[Path]:
     """Write `<stem>_disp.npy` and `<stem>_disp.png` into `out_dir` for each image."""
     missing = [str(p) for p in images if not Path(p).is_file()]

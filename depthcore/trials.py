@@ -113,7 +113,7 @@ class SweepIndex:
 
     def write(self) -> None:
         spec = self.sweep.file
-        index = {
+        index: dict[str, Any] = {
             "name": spec.name,
             "sweep_file": str(self.sweep.path.resolve()) if self.sweep.path else None,
             "updated": store.now(),

@@ -488,7 +488,9 @@ def _run_optuna(job: _Job, opts: _Options) -> SweepOutcome:
     index.refresh()
     index.write()
     journal = _journal(results, sweep.name)
-    remaining = max(sweep.file.search.n_trials - _prepare_study(journal, sweep, opts.out), 0)
+    n_trials = sweep.file.search.n_trials
+    assert n_trials is not None  # Search requires it for optuna
+    remaining = max(n_trials - _prepare_study(journal, sweep, opts.out), 0)
     where = results / store.SWEEPS_DIR / f"{sweep.name}.optuna.journal"
     opts.out(f"{sweep.name}: optuna study {where}: {remaining} trials to run")
     if remaining:

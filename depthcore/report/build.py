@@ -366,8 +366,8 @@ def _per_scale(data: SweepData, configs: pd.DataFrame, folder: Path, plot: bool)
     if not table.empty:
         view = views.scales_view(table)
         section.tables.append(Table(views.plain_html(view, "per-scale")))
-    if plot and not table.empty:
-        fig = plots.per_scale_plot(table)
+    fig = plots.per_scale_plot(table) if plot else None
+    if fig is not None:
         section.figures.append(
             _save(fig, folder, "per_scale", "Metrics per evaluated decoder scale")
         )

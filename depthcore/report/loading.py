@@ -90,7 +90,7 @@ def load_sweep_results(results: Path, name: str) -> SweepData:
     params = _swept_keys(index, trials)
     rows = [_trial_row(Path(results), trial, params) for trial in trials]
     runs = _runs_frame(rows, params)
-    metric = index.get("metric") if index.get("metric") in METRIC_NAMES else METRIC_NAMES[0]
+    metric = str(index.get("metric")) if index.get("metric") in METRIC_NAMES else METRIC_NAMES[0]
     race = index.get("seeds") if isinstance(index.get("seeds"), dict) else None
     return SweepData(
         str(index.get("name") or name), params, runs, _dataset(runs), metric, "results", race
