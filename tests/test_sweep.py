@@ -11,6 +11,7 @@ import pytest
 from depthcore.errors import ConfigError
 from depthcore.sweep import (
     expand,
+    first_runs,
     load_sweep,
     plan_lines,
     run_groups,
@@ -71,8 +72,11 @@ def test_sweep_trial_counts(name: str, count: int) -> None:
 
 
 def test_quickstart_is_a_small_cpu_subset() -> None:
-    trials = expand(load("quickstart"))
-    assert 4 <= len(trials) <= 6
+    sweep = load("quickstart")
+    trials = expand(sweep)
+    race = sweep.file.adaptive
+    assert race is not None and (race.start, race.max) == (2, 3)  # 6 to 9 runs: the demo's budget
+    assert len(trials) == 9 and len(first_runs(sweep, trials)) == 6
     kinds = {t.config.loss.photometric for t in trials}
     assert kinds == {"standard", "ssim_m", "ssim_a"}
     assert any(t.config.model.upsample == "subpixel" for t in trials)
