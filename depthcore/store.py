@@ -4,14 +4,17 @@ Layout (everything under one results folder, default `results/`):
 
     runs/<run_id>/              run_id = Config.run_id(), a hash of the resolved config incl. seed
         config.yaml             the resolved Config
-        metrics.jsonl           one JSON object per line: {"type": "train"|"epoch", ...}
+        metrics.jsonl           one JSON object per line: {"type": "train"|"epoch"|"cost", ...}
         final.json              final evaluation (present <=> the run finished)
         per_image.csv           per-image metrics: image, scale, abs_rel ... a3
         predictions.npz         a few test images and their predicted disparities (figures)
         checkpoint/state.pt     the last checkpoint (resume)
         error.json              why the run failed (present <=> it failed)
         lock                    held while a process trains the run
-    sweeps/<name>.yaml          the sweep's trials: trial id, run id, swept values, status
+        cost.json               what the run cost, per process segment (depthcore.cost)
+        tb/<label>/             TensorBoard event files (depthcore.tensorboard writes them)
+    sweeps/<name>.yaml          the sweep's trials: trial id, run id, swept values, status (and,
+                                with adaptive seeds, each arm's seeds_run and stop_reason)
 
 Every file is written atomically (temp file + rename), so a reader never sees half a file.
 Each file has its writer and its reader here (config.yaml and final.json are written with
