@@ -54,6 +54,7 @@ CALIBRATE_STEPS, CALIBRATE_WARMUP = 8, 2
 # Calibration times training steps only; one test image's forward pass costs about this
 # fraction of one training sample's step (one depth pass, no pose net, no loss, no backward).
 EVAL_IMAGE_FRACTION = 0.15
+TIMINGS = ("step_s", "eval_s", "setup_s", "epoch_s")
 SOURCES = ("finished runs", "calibration", "unknown")
 Out = Callable[[str], None]
 
@@ -155,8 +156,9 @@ class Rate:
 
     step_s: float
     eval_s: float  # one evaluation pass over the test split
-    setup_s: float
+    setup_s: float  # per segment: data, models, restoring
     source: str
+    epoch_s: float = 0.0  # untimed work per epoch: the checkpoint, logs, events
     device: str = ""
     runs: int = 0  # finished runs it comes from
 
@@ -167,8 +169,8 @@ class Rate:
             return None
         remaining = max(0, steps - done_steps)
         left = remaining / steps if steps else 0.0
-        setup = self.setup_s if done_steps == 0 else 0.0
-        return setup + remaining * self.step_s + eval_passes(cfg) * self.eval_s * left
+        per_epoch = eval_passes(cfg) * self.eval_s + cfg.train.epochs * self.epoch_s
+        return self.setup_s + remaining * self.step_s + per_epoch * left
 
 
 def _run_rate(run_dir: Path) -> tuple[str, dict[str, float], str] | None:
@@ -183,10 +185,13 @@ def _run_rate(run_dir: Path) -> tuple[str, dict[str, float], str] | None:
     samples, train_s = cost.get("samples") or 0, cost.get("train_s") or 0.0
     if samples <= 0 or train_s <= 0:
         return None
+    eval_s, setup_s = cost.get("eval_s") or 0.0, cost.get("setup_s") or 0.0
+    untimed = (cost.get("wall_s") or 0.0) - setup_s - train_s - eval_s
     timings = {
         "step_s": train_s * cfg.optim.batch_size / samples,
-        "eval_s": (cost.get("eval_s") or 0.0) / eval_passes(cfg),
-        "setup_s": (cost.get("setup_s") or 0.0) / max(1, cost.get("segments") or 1),
+        "eval_s": eval_s / eval_passes(cfg),
+        "setup_s": setup_s / max(1, cost.get("segments") or 1),
+        "epoch_s": max(0.0, untimed) / cfg.train.epochs,
     }
     kind = str(cost.get("device_kind") or "cpu")
     return shape_key(cost_shape(cfg, kind)), timings, str(cost.get("device") or kind)
@@ -201,9 +206,7 @@ def rates_from_runs(results: str | Path) -> dict[str, Rate]:
             found.setdefault(rate[0], []).append((rate[1], rate[2]))
     return {
         key: Rate(
-            **{
-                k: statistics.median(t[k] for t, _ in runs) for k in ("step_s", "eval_s", "setup_s")
-            },
+            **{k: statistics.median(t[k] for t, _ in runs) for k in TIMINGS},
             source="finished runs",
             device=runs[-1][1],
             runs=len(runs),
@@ -252,6 +255,7 @@ def calibrate(cfg: Config, kind: str, results: str | Path, out: Out) -> Rate:
         setup_s=max(0.0, wall - (CALIBRATE_STEPS + CALIBRATE_WARMUP) * step_s),
         source="calibration",
         device=_device_label(kind),
+        epoch_s=_checkpoint_seconds(cfg, Path(results)),
     )
     path = Path(results) / CALIBRATION_FILE
     cached = store.read_json(path) or {}
@@ -262,6 +266,25 @@ def calibrate(cfg: Config, kind: str, results: str | Path, out: Out) -> Rate:
     out(f"calibrated {cfg.data.width}x{cfg.data.height} batch {cfg.optim.batch_size} on "
         f"{rate.device}: {step_s:.3g} s/step (cached in {path})")  # fmt: skip
     return rate
+
+
+def _checkpoint_seconds(cfg: Config, results: Path) -> float:
+    """Seconds to write a checkpoint of `cfg`'s networks with Adam's two moments (the work
+    every epoch does outside the timed phases)."""
+    import torch
+
+    from depthcore.engine import build_runtime
+
+    state = build_runtime(cfg, torch.device("cpu")).models.state_dict()
+    moments = [{k: v.clone() for k, v in state.items()} for _ in range(2)]
+    path = results / ".calibration-checkpoint.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with store.atomic_path(path) as tmp:
+        torch.save({"models": state, "moments": moments}, tmp)
+    seconds = time.perf_counter() - started
+    path.unlink(missing_ok=True)
+    return seconds
 
 
 def _device_label(kind: str) -> str:
