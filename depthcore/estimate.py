@@ -363,7 +363,8 @@ def estimate_sweep(
     resources = sweep.file.resources
     share = device_share(resources, cpus)
     rates = {**read_calibration(results), **rates_from_runs(results)}
-    runs, unknown = [], {}
+    runs: list[RunEstimate] = []
+    unknown: dict[str, dict[str, Any]] = {}
     for run_id, group in run_groups(trials).items():
         cfg = group[0].config
         kind = device_kind(cfg, resources)

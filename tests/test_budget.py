@@ -161,3 +161,22 @@ def test_budget_reached_mid_sweep_and_a_larger_budget_finishes(
     assert final_after.read_bytes() == final_before  # not retrained
     cost = json.loads((store.run_path(tmp_path, done.run_id) / store.COST_FILE).read_text())
     assert cost["segments"] == 1
+
+
+def test_estimate_recorded_in_the_index_is_what_the_report_reads(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    from depthcore.estimate import estimate_sweep, record_estimate
+    from depthcore.report.compute import read_estimate
+    from depthcore.trials import SweepIndex
+
+    calibrated(tmp_path, tiny_overrides, step_s=36.0)
+    sweep = sweep_from_dict(sweep_tree(tiny_overrides))
+    trials = expand(sweep)
+    est = estimate_sweep(sweep, trials, tmp_path)
+    record_estimate(sweep, trials, tmp_path, est)
+    recorded = read_estimate(tmp_path, sweep.name)
+    assert recorded is not None and recorded["runs"] == 2 and recorded["source"] == "calibration"
+    assert recorded["device_hours"] == pytest.approx(est.total_device_hours, rel=1e-3)
+    SweepIndex(sweep, tmp_path, trials).write()  # the sweep's own rewrites keep it
+    assert read_estimate(tmp_path, sweep.name) == recorded
