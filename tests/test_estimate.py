@@ -6,10 +6,13 @@ the same quantity from the run's cost record (cost.json wall_s), as the report c
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from depthcore import store
 from depthcore.config import load_config
@@ -23,16 +26,29 @@ from depthcore.estimate import (
     train_steps,
 )
 from depthcore.sweep import Sweep, expand, sweep_from_dict
-from depthcore.trials import run_one
+
+RUNNER = Path(__file__).resolve().parent.parent / "runners" / "sweep.py"
 
 # Enough steps that training, not process start-up, dominates a run.
 LONGER = ("train.epochs=2", "train.steps_per_epoch=4")
 
 
-def tiny_sweep(overrides: list[str], seeds: list[int]) -> Sweep:
+def tiny_sweep(overrides: list[str], seeds: list[int], folder: Path) -> Sweep:
+    """The sweep, also written to folder/sweep.yaml for the runner."""
     base = load_config(None, [*overrides, *LONGER]).to_dict()
     tree = {"name": "est", "base": base, "trials": [{"label": "tiny"}], "seeds": seeds}
-    return sweep_from_dict({**tree, "resources": {"cpu": 1}})
+    tree["resources"] = {"cpu": 1}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return sweep_from_dict(tree, path=path)
+
+
+def runner(sweep: Sweep, results: Path, *args: str) -> None:
+    """runners/sweep.py in a fresh process, as each trial of a sweep trains in its own (the
+    first run in a process also pays for imports: timing both in pytest would not compare)."""
+    command = [sys.executable, str(RUNNER), str(sweep.path), "--results", str(results), *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def prepared(overrides: list[str]) -> None:
@@ -79,10 +95,10 @@ def test_estimate_from_finished_runs_within_20_percent(
     tiny_overrides: list[str], tmp_path: Path
 ) -> None:
     prepared(tiny_overrides)
-    sweep = tiny_sweep(tiny_overrides, [1, 2])
+    sweep = tiny_sweep(tiny_overrides, [1, 2], tmp_path)
     first, second = expand(sweep)
     assert estimate_sweep(sweep, [second], tmp_path, out=quiet).runs[0].source == "unknown"
-    assert run_one(sweep, first.trial_id, tmp_path, out=quiet).exit_code == 0
+    runner(sweep, tmp_path, "--only", first.trial_id)
     assert len(rates_from_runs(tmp_path)) == 1
 
     est = estimate_sweep(sweep, [first, second], tmp_path, out=quiet)
@@ -92,8 +108,9 @@ def test_estimate_from_finished_runs_within_20_percent(
     assert predicted.source == "finished runs" and predicted.wall_s is not None
     assert est.device_hours == pytest.approx(predicted.wall_s * est.share / 3600)
 
-    assert run_one(sweep, second.trial_id, tmp_path, out=quiet).exit_code == 0
+    runner(sweep, tmp_path, "--only", second.trial_id)
     actual = measured_wall(tmp_path, second.run_id)
+    print(f"finished runs: estimate {predicted.wall_s:.2f} s, measured {actual:.2f} s")
     assert predicted.wall_s == pytest.approx(actual, rel=0.20)
 
 
@@ -102,17 +119,19 @@ def test_estimate_from_calibration_within_35_percent(
     tiny_overrides: list[str], tmp_path: Path
 ) -> None:
     prepared(tiny_overrides)
-    sweep = tiny_sweep(tiny_overrides, [5])
+    sweep = tiny_sweep(tiny_overrides, [5], tmp_path)
     (trial,) = expand(sweep)
     lines: list[str] = []
     est = estimate_sweep(sweep, [trial], tmp_path, calibrate_here=True, out=lines.append)
     assert any("calibrated" in line for line in lines)  # it says so
     assert len(read_calibration(tmp_path)) == 1  # and caches the figure under results/
+    assert estimate_sweep(sweep, [trial], tmp_path, out=quiet).runs[0].source == "calibration"
     predicted = est.runs[0]
     assert predicted.source == "calibration" and predicted.wall_s is not None
 
-    assert run_one(sweep, trial.trial_id, tmp_path, out=quiet).exit_code == 0
+    runner(sweep, tmp_path, "--only", trial.trial_id)
     actual = measured_wall(tmp_path, trial.run_id)
+    print(f"calibration: estimate {predicted.wall_s:.2f} s, measured {actual:.2f} s")
     assert predicted.wall_s == pytest.approx(actual, rel=0.35)
     # A finished run of the shape now takes over from the calibration.
     again: Any = estimate_sweep(sweep, [trial], tmp_path, out=quiet)
