@@ -102,12 +102,15 @@ def _estimate(sweep: Sweep, args: argparse.Namespace) -> BudgetGate | None:
         print("\n".join([*plan_lines(sweep, trials, runs), *est_mod.estimate_lines(est, kind)]))
         return None
     print("\n".join(est_mod.estimate_lines(est, kind, per_run=False)))
-    if budget is None or args.only is not None:
+    if args.only is not None:
         return None
-    flag = f"--budget {args.budget:g}" if args.budget else sweep.where("budget", "device_hours")
-    est_mod.check_budget(est, budget, args.results, flag)
+    if budget is not None:
+        where = (
+            f"--budget {args.budget:g}" if args.budget else sweep.where("budget", "device_hours")
+        )
+        est_mod.check_budget(est, budget, args.results, where)
     est_mod.record_estimate(sweep, trials, args.results, est)
-    return est_mod.budget_gate(est, budget, args.results)
+    return est_mod.budget_gate(est, budget, args.results) if budget is not None else None
 
 
 if __name__ == "__main__":
