@@ -374,7 +374,7 @@ def estimate_sweep(
         if key not in rates and calibrate_here and status != "finished":
             rates[key] = calibrate(cfg, kind, results, out)
         rate = rates.get(key)
-        if rate is None:
+        if rate is None and status != "finished":
             unknown.setdefault(key, cost_shape(cfg, kind))
         runs.append(_run_estimate(group[0], status, rate, run_dir, share))
     slots, where = _slots(sweep, resources, cpus, gpus)
@@ -388,9 +388,8 @@ def _run_estimate(
     source = rate.source if rate is not None else "unknown"
     if status == "finished" or rate is None:
         whole = rate.run_seconds(trial.config) if rate is not None else None
-        return RunEstimate(
-            trial.trial_id, trial.run_id, status, 0.0 if whole else None, whole, source
-        )
+        hours = 0.0 if status == "finished" else None
+        return RunEstimate(trial.trial_id, trial.run_id, status, hours, whole, source)
     done = ((store.read_cost(run_dir) or {}).get("samples") or 0) // trial.config.optim.batch_size
     left = rate.run_seconds(trial.config, done)
     whole = rate.run_seconds(trial.config)

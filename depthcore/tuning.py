@@ -181,6 +181,8 @@ class _Progress(tune.Callback):
             value = final["metrics"].get(metric)
             shown = f"  {metric} {value:.4f}" if _is_number(value) else ""
             self.out(f"{tag} done    {ours.trial_id}{shown}")
+        elif status == "pending":  # the budget gate left it untouched
+            self.out(f"{tag} skipped {ours.trial_id}: budget reached, not started")
         else:
             self.out(f"{tag} {status.upper():<7} {ours.trial_id}: see {run_dir / store.ERROR_FILE}")
 
