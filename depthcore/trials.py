@@ -220,14 +220,13 @@ def _train_recording_errors(
 
 def _cost_kwargs(train_fn: TrainFn, trial: Trial, share: float | None) -> dict[str, Any]:
     """The engine's cost keywords (label for TensorBoard, device share), for a train_fn that
-    takes them: stand-ins keep the plain `(cfg, run_dir, *, report, progress)` contract."""
+    names them: stand-ins (and wrappers passing **kwargs on to one) keep the plain
+    `(cfg, run_dir, *, report, progress)` contract."""
     wanted = {"label": trial.label or trial.trial_id, "device_share": share}
     try:
         params = inspect.signature(train_fn).parameters
     except (TypeError, ValueError):
         return {}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return wanted
     return {k: v for k, v in wanted.items() if k in params}
 
 

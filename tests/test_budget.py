@@ -129,8 +129,10 @@ def test_trials_pass_label_and_share_to_a_train_fn_that_takes_them(
     trial = expand(sweep_from_dict(sweep_tree(tiny_overrides)))[1]
     seen: dict[str, Any] = {}
 
-    def train(cfg: Any, run_dir: Path, **kwargs: Any) -> dict[str, Any]:
-        seen.update(kwargs)
+    def train(
+        cfg: Any, run_dir: Path, *, device_share: float | None, label: str | None, **kw: Any
+    ) -> dict[str, Any]:
+        seen.update(label=label, device_share=device_share)
         return {"metrics": {}}
 
     execute_trial(trial, tmp_path / "run", train, device_share=0.5)
