@@ -185,6 +185,12 @@ class AdaptiveSeeds(_Strict):
         return SeedPlan(self.start, self.max)
 
 
+class Budget(_Strict):
+    """`budget:`: the most device-hours the sweep may spend (docs/sweeps.md, "Budget")."""
+
+    device_hours: float = Field(gt=0, allow_inf_nan=False, description="GPU- or CPU-hours")
+
+
 def _seeds_kind(value: Any) -> str:
     # Pick the one member a value is meant for, so errors name its keys (not both members').
     return "race" if isinstance(value, (dict, AdaptiveSeeds)) else "list"
@@ -210,6 +216,7 @@ class SweepFile(_Strict):
     resources: Resources = Resources()
     max_concurrent: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0, description="retries of a failed trial (from checkpoint)")
+    budget: Budget | None = None
     metric: str = "abs_rel"
     mode: Literal["min", "max"] | None = None
 

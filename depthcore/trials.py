@@ -8,6 +8,7 @@ never imports Ray (runners/sweep.py --only), so breakpoints and plain tracebacks
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import time
 import traceback
@@ -24,8 +25,10 @@ from depthcore.racing import RaceState, race
 from depthcore.sweep import Sweep, Trial, expand
 
 __all__ = [
+    "NOT_STARTED",
     "SweepIndex",
     "SweepOutcome",
+    "budget_note",
     "engine_train",
     "execute_trial",
     "find_trial",
@@ -41,6 +44,8 @@ Out = Callable[[str], None]
 # Failures that a retry in the same sweep invocation would only repeat (error.json "type").
 DETERMINISTIC_ERRORS = ("TrainingError", "DataError", "ConfigError")
 LOCK_POLL_S = float(os.environ.get("DEPTHSWEEP_LOCK_POLL_S", "10"))
+# What execute_trial returns for a run the budget gate did not start (its folder untouched).
+NOT_STARTED: dict[str, Any] = {"not_started": "budget"}
 
 
 def say(message: str) -> None:
@@ -67,6 +72,8 @@ class SweepIndex:
         self.sweep, self.results = sweep, results
         self.path = store.sweep_index_path(results, sweep.name)
         self.entries: dict[str, dict[str, Any]] = {}
+        # Recorded at the sweep's start (depthcore.estimate.index_record); kept on rewrites.
+        self.estimate = (store.read_sweep_index(results, sweep.name) or {}).get("estimate")
         if sweep.file.search.method == "optuna":
             self.swept = list(sweep.file.search.space)
             old = store.read_sweep_index(results, sweep.name) or {}
@@ -122,6 +129,8 @@ class SweepIndex:
             "swept": self.swept,
             "trials": list(self.entries.values()),
         }
+        if self.estimate is not None:
+            index["estimate"] = self.estimate
         if spec.adaptive is not None:
             index["seeds"] = spec.adaptive.model_dump()
         store.write_sweep_index(self.results, self.sweep.name, index)
@@ -142,8 +151,14 @@ def execute_trial(
     before_train: Callable[[Path], None] | None = None,
     poll_s: float = LOCK_POLL_S,
     out: Out = say,
+    device_share: float | None = None,
+    gate: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Train `trial` into `run_dir` (resuming) and return final.json's dict.
+
+    `device_share` (Ray's resources.gpu, or CPUs over the node's) goes to the cost record;
+    `gate` (the budget) is asked right before training: False leaves the run untouched and
+    returns NOT_STARTED.
 
     A finished run is returned without training; a run locked by another live process is waited
     for. `session_start` (the sweep's start time) makes a deterministic failure recorded since
@@ -165,10 +180,14 @@ def execute_trial(
             time.sleep(poll_s)
             continue
         _refuse_repeated_failure(run_dir, session_start)
+        if gate is not None and not gate():
+            out(f"{trial.trial_id}: budget reached; run {trial.run_id} not started")
+            return NOT_STARTED
         if before_train is not None:
             before_train(run_dir)
         try:
-            return _train_recording_errors(trial, run_dir, train_fn, report, progress)
+            kwargs = _cost_kwargs(train_fn, trial, device_share)
+            return _train_recording_errors(trial, run_dir, train_fn, report, progress, kwargs)
         except store.RunLockedError:
             continue  # another process claimed it between our check and the engine's lock
 
@@ -179,6 +198,7 @@ def _train_recording_errors(
     train_fn: TrainFn,
     report: Callable[[dict[str, Any]], None] | None,
     progress: bool,
+    kwargs: Mapping[str, Any],
 ) -> dict[str, Any]:
     started = time.time()
     last: dict[str, Any] = {}
@@ -189,7 +209,7 @@ def _train_recording_errors(
             report(record)
 
     try:
-        return train_fn(trial.config, run_dir, report=tracking_report, progress=progress)
+        return train_fn(trial.config, run_dir, report=tracking_report, progress=progress, **kwargs)
     except store.RunLockedError:
         raise
     except (KeyboardInterrupt, SystemExit):
@@ -213,6 +233,18 @@ def _train_recording_errors(
                 traceback=traceback.format_exc(),
             )
         raise
+
+
+def _cost_kwargs(train_fn: TrainFn, trial: Trial, share: float | None) -> dict[str, Any]:
+    """The engine's cost keywords (label for TensorBoard, device share), for a train_fn that
+    names them: stand-ins (and wrappers passing **kwargs on to one) keep the plain
+    `(cfg, run_dir, *, report, progress)` contract."""
+    wanted = {"label": trial.label or trial.trial_id, "device_share": share}
+    try:
+        params = inspect.signature(train_fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in wanted.items() if k in params}
 
 
 def _recorded_since(run_dir: Path, since: float) -> bool:
@@ -250,6 +282,18 @@ class SweepOutcome:
     @property
     def exit_code(self) -> int:
         return 0 if all(s == "finished" for s in self.statuses.values()) else 1
+
+
+def budget_note(gate: Any, outcome: SweepOutcome, out: Out) -> None:
+    """After a sweep the budget stopped (`gate`: depthcore.estimate.BudgetGate or None)."""
+    if gate is None or gate.allows():
+        return
+    left = sum(s in ("pending", "interrupted") for s in outcome.statuses.values())
+    if left:
+        out(
+            f"  budget reached ({gate.committed():.3g} of {gate.device_hours:g} device-hours): "
+            f"{left} runs not started; rerun with a larger --budget to continue"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

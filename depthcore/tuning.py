@@ -36,6 +36,7 @@ from ray import tune
 from depthcore import store
 from depthcore.config import Config, config_from_dict
 from depthcore.errors import ConfigError
+from depthcore.estimate import BudgetGate, device_share
 from depthcore.racing import run_bounds
 from depthcore.sweep import Range, Sweep, Trial, expand, run_groups, trial_from_params
 from depthcore.trials import (
@@ -44,6 +45,7 @@ from depthcore.trials import (
     SweepIndex,
     SweepOutcome,
     TrainFn,
+    budget_note,
     engine_train,
     execute_trial,
     say,
@@ -75,6 +77,7 @@ class _Job:
     train_fn: TrainFn
     session_start: float
     poll_s: float = LOCK_POLL_S
+    gate: BudgetGate | None = None
 
     def trial_for(self, config: Mapping[str, Any]) -> Trial:
         if "trial_id" in config:
@@ -95,6 +98,8 @@ def _trainable(config: dict[str, Any], job: _Job) -> None:
         session_start=job.session_start,
         before_train=_restore_from_ray,
         poll_s=job.poll_s,
+        device_share=device_share(job.sweep.file.resources),  # this node's CPUs
+        gate=job.gate.allows if job.gate is not None else None,
     )
     metrics = {k: v for k, v in (final.get("metrics") or {}).items() if _is_number(v)}
     tune.report({**metrics, "epoch": final.get("epochs", 0), "final": 1})
@@ -177,6 +182,8 @@ class _Progress(tune.Callback):
             value = final["metrics"].get(metric)
             shown = f"  {metric} {value:.4f}" if _is_number(value) else ""
             self.out(f"{tag} done    {ours.trial_id}{shown}")
+        elif status == "pending":  # the budget gate left it untouched
+            self.out(f"{tag} skipped {ours.trial_id}: budget reached, not started")
         else:
             self.out(f"{tag} {status.upper():<7} {ours.trial_id}: see {run_dir / store.ERROR_FILE}")
 
@@ -306,6 +313,7 @@ def run_sweep(
     storage: str | None = None,
     poll_s: float = LOCK_POLL_S,
     out: Out = say,
+    budget: BudgetGate | None = None,
 ) -> SweepOutcome:
     """Run every unfinished trial of `sweep` on Ray and return how the sweep ended.
 
@@ -319,9 +327,10 @@ def run_sweep(
         dashboard: start the Ray dashboard with a local Ray (its URL is printed).
         storage: Ray's storage_path (a shared path or s3://...); default <results>/ray.
         poll_s: seconds between checks of a run another process is training.
+        budget: no trial starts once spent + running cost reaches it (depthcore.estimate).
     """
     results = Path(results).resolve()
-    job = _Job(sweep, {}, str(results), train_fn or engine_train(), time.time(), poll_s=poll_s)
+    job = _Job(sweep, {}, str(results), train_fn or engine_train(), time.time(), poll_s, budget)
     opts = _Options(address, max_concurrent, dashboard, storage, out)
     if sweep.file.search.method == "optuna":
         _check_local_data([config_from_dict(sweep.base)], address)
@@ -339,7 +348,9 @@ def run_sweep(
         job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
         space = {"trial_id": tune.grid_search([t.trial_id for t in todo])}
         _run_on_ray(job, opts, index, space)
-    return _summarise(sweep, index, len(todo), out)
+    outcome = _summarise(sweep, index, len(todo), out)
+    budget_note(job.gate, outcome, out)
+    return outcome
 
 
 def _race(job: _Job, opts: _Options, trials: Sequence[Trial]) -> SweepOutcome:
@@ -371,7 +382,9 @@ def _race(job: _Job, opts: _Options, trials: Sequence[Trial]) -> SweepOutcome:
         index.write()
     for arm, arm_state in state.arms.items():
         out(f"  {arm}: {arm_state.seeds_run} seeds, {arm_state.stop_reason}")
-    return _summarise(sweep, index, trained, out)
+    outcome = _summarise(sweep, index, trained, out)
+    budget_note(job.gate, outcome, out)
+    return outcome
 
 
 def _check_local_data(configs: Sequence[Config], address: str | None) -> None:

@@ -10,8 +10,14 @@ docs/sweeps.md, "Sweep-file reference".
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from depthcore.cli import add_set_option, run_main
+from depthcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from depthcore.estimate import BudgetGate
+    from depthcore.sweep import Sweep
 
 
 def main() -> int:
@@ -27,6 +33,12 @@ def main() -> int:
     parser.add_argument("--max-concurrent", type=int, help="override the sweep's max_concurrent")
     parser.add_argument("--no-dashboard", action="store_true", help="local Ray without dashboard")
     parser.add_argument("--storage", help="Ray's storage_path (default: RESULTS/ray)")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="with --dry-run: time unknown run shapes here"
+    )
+    parser.add_argument("--budget", type=float, metavar="H", help="override budget.device_hours")
+    parser.add_argument("--gpus", type=int, metavar="N", help="estimate on N GPUs (default: here)")
+    parser.add_argument("--cpus", type=int, metavar="N", help="estimate on N CPUs (default: here)")
     args = parser.parse_args()
     if args.max_concurrent is not None and args.max_concurrent < 1:
         parser.error("--max-concurrent must be >= 1")
@@ -34,15 +46,18 @@ def main() -> int:
         parser.error("--only needs a trial id, label, run id or unique id prefix")
     if args.only is not None and args.dry_run:
         parser.error("--only and --dry-run do not combine: --dry-run lists every trial")
+    if args.calibrate and not args.dry_run:
+        parser.error("--calibrate goes with --dry-run (it times steps, then prints the estimate)")
+    if args.budget is not None and not args.budget > 0:
+        parser.error("--budget must be a number of device-hours > 0, e.g. --budget 80")
+    if any(n is not None and n < 1 for n in (args.gpus, args.cpus)):
+        parser.error("--gpus and --cpus must be >= 1")
 
-    from depthcore import store
-    from depthcore.sweep import expand, load_sweep, plan_lines
+    from depthcore.sweep import load_sweep
 
     sweep = load_sweep(args.sweep, args.overrides)  # every error here comes before Ray starts
+    gate = _estimate(sweep, args)
     if args.dry_run:
-        trials = expand(sweep)
-        runs = {t.run_id: store.run_status(store.run_path(args.results, t.run_id)) for t in trials}
-        print("\n".join(plan_lines(sweep, trials, runs)))
         return 0
 
     if args.only is not None:
@@ -59,7 +74,43 @@ def main() -> int:
         max_concurrent=args.max_concurrent,
         dashboard=not args.no_dashboard,
         storage=args.storage,
+        budget=gate,
     ).exit_code
+
+
+def _estimate(sweep: Sweep, args: argparse.Namespace) -> BudgetGate | None:
+    """--dry-run's plan and estimate; before a sweep, its budget check and recorded estimate.
+    Returns the budget gate for the sweep (None without a budget)."""
+    from depthcore import estimate as est_mod
+    from depthcore import store
+    from depthcore.sweep import expand, plan_lines
+
+    budget = args.budget or (sweep.file.budget.device_hours if sweep.file.budget else None)
+    if sweep.file.search.method == "optuna":
+        if args.dry_run:
+            print("\n".join(plan_lines(sweep, [])))
+        if budget is not None:
+            raise ConfigError(f"{sweep.where('budget')}: search: optuna has no cost estimate yet")
+        return None
+    trials = expand(sweep)
+    est = est_mod.estimate_sweep(
+        sweep, trials, args.results, cpus=args.cpus, gpus=args.gpus, calibrate_here=args.calibrate
+    )
+    kind = "cuda" if sweep.file.resources.gpu > 0 else "cpu"
+    if args.dry_run:
+        runs = {t.run_id: store.run_status(store.run_path(args.results, t.run_id)) for t in trials}
+        print("\n".join([*plan_lines(sweep, trials, runs), *est_mod.estimate_lines(est, kind)]))
+        return None
+    print("\n".join(est_mod.estimate_lines(est, kind, per_run=False)))
+    if args.only is not None:
+        return None
+    if budget is not None:
+        where = (
+            f"--budget {args.budget:g}" if args.budget else sweep.where("budget", "device_hours")
+        )
+        est_mod.check_budget(est, budget, args.results, where)
+    est_mod.record_estimate(sweep, trials, args.results, est)
+    return est_mod.budget_gate(est, budget, args.results) if budget is not None else None
 
 
 if __name__ == "__main__":

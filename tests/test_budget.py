@@ -1,0 +1,184 @@
+"""Sweep budgets: refused before Ray starts, and a gate that stops new trials mid-sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from depthcore import store
+from depthcore.config import load_config
+from depthcore.errors import ConfigError
+from depthcore.estimate import CALIBRATION_FILE, BudgetGate, Rate, cost_shape, shape_key
+from depthcore.sweep import expand, sweep_from_dict
+from depthcore.trials import NOT_STARTED, execute_trial
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO / "runners" / "sweep.py"
+# Runs the runner as __main__ and reports, on exit, whether the process ever imported Ray.
+PROBE = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('RAY_IMPORTED=%s' % ('ray' in sys.modules), file=sys.stderr))\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def sweep_tree(overrides: list[str], budget: float | None = None) -> dict[str, Any]:
+    tree: dict[str, Any] = {
+        "name": "budgeted",
+        "base": load_config(None, overrides).to_dict(),
+        "trials": [{"label": "a", "optim.lr": 1e-4}, {"label": "b", "optim.lr": 2e-4}],
+        "resources": {"cpu": 1},
+        "max_concurrent": 1,
+    }
+    if budget is not None:
+        tree["budget"] = {"device_hours": budget}
+    return tree
+
+
+def run_runner(tmp_path: Path, tree: dict[str, Any], *args: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, str(RUNNER), str(path), "--results", str(tmp_path), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def calibrated(tmp_path: Path, overrides: list[str], step_s: float) -> None:
+    """A cached calibration for the tiny shape, as --calibrate would write it."""
+    key = shape_key(cost_shape(load_config(None, overrides), "cpu"))
+    rate = asdict(Rate(step_s=step_s, eval_s=1.0, setup_s=1.0, source="calibration"))
+    store.write_json_atomic(tmp_path / CALIBRATION_FILE, {key: rate})
+
+
+def test_budget_key_is_validated(tiny_overrides: list[str]) -> None:
+    with pytest.raises(ConfigError, match=r"budget\.device_hours"):
+        sweep_from_dict(sweep_tree(tiny_overrides, budget=0))
+    assert sweep_from_dict(sweep_tree(tiny_overrides, 2.5)).file.budget.device_hours == 2.5
+
+
+def test_estimate_over_budget_is_refused_before_ray(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    calibrated(tmp_path, tiny_overrides, step_s=3600.0)  # an hour per step: far over budget
+    proc = run_runner(tmp_path, sweep_tree(tiny_overrides, budget=0.5))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "budget 0.5 device-hours" in proc.stderr and "--budget " in proc.stderr
+    assert "estimated for 2 runs" in proc.stderr
+    assert "RAY_IMPORTED=False" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+    # --budget overrides the file's key: the same sweep within a larger budget passes the
+    # check (and stops at the dry run, which still prints the estimate).
+    ok = run_runner(tmp_path, sweep_tree(tiny_overrides, 0.5), "--budget", "1e9", "--dry-run")
+    assert ok.returncode == 0, ok.stderr
+    assert "2 runs, 0 finished; 2 to train:" in ok.stdout
+
+
+def test_unknown_estimate_with_a_budget_is_refused(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    proc = run_runner(tmp_path, sweep_tree(tiny_overrides), "--budget", "100")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--calibrate" in proc.stderr and "RAY_IMPORTED=False" in proc.stderr
+
+
+def fake_cost(run_dir: Path, device_hours: float) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store.write_cost(run_dir, {"device_hours": device_hours, "samples": 4, "wall_s": 1.0})
+
+
+def test_gate_counts_spent_cost_from_the_run_folders(tmp_path: Path) -> None:
+    fake_cost(store.run_path(tmp_path, "r1"), 0.25)
+    gate = BudgetGate(0.5, str(tmp_path), {"r1": 0.3, "r2": 0.3})
+    assert gate.committed() == pytest.approx(0.25) and gate.allows()
+    fake_cost(store.run_path(tmp_path, "r2"), 0.25)
+    assert not gate.allows()  # spent reaches the budget
+    # A running run counts its estimate until it has spent more than that.
+    with store.RunLock(store.run_path(tmp_path, "r2")):
+        assert gate.committed() == pytest.approx(0.25 + 0.3)
+
+
+def test_gate_leaves_a_run_untouched(tiny_overrides: list[str], tmp_path: Path) -> None:
+    trial = expand(sweep_from_dict(sweep_tree(tiny_overrides)))[0]
+    run_dir = store.run_path(tmp_path, trial.run_id)
+
+    def must_not_train(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise AssertionError("the budget gate should have stopped this run")
+
+    said: list[str] = []
+    result = execute_trial(trial, run_dir, must_not_train, gate=lambda: False, out=said.append)
+    assert result == NOT_STARTED
+    assert not run_dir.exists() and store.run_status(run_dir) == "pending"
+    assert "budget reached" in said[0]
+
+
+def test_trials_pass_label_and_share_to_a_train_fn_that_takes_them(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    trial = expand(sweep_from_dict(sweep_tree(tiny_overrides)))[1]
+    seen: dict[str, Any] = {}
+
+    def train(
+        cfg: Any, run_dir: Path, *, device_share: float | None, label: str | None, **kw: Any
+    ) -> dict[str, Any]:
+        seen.update(label=label, device_share=device_share)
+        return {"metrics": {}}
+
+    execute_trial(trial, tmp_path / "run", train, device_share=0.5)
+    assert seen["label"] == "b" and seen["device_share"] == 0.5
+
+
+@pytest.mark.slow
+def test_budget_reached_mid_sweep_and_a_larger_budget_finishes(
+    tiny_overrides: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from depthcore.tuning import run_sweep
+
+    sweep = sweep_from_dict(sweep_tree(tiny_overrides))
+    trials = expand(sweep)
+    runs = {t.run_id: 1e-9 for t in trials}
+    tight = BudgetGate(1e-9, str(tmp_path), runs)  # the first run's cost already reaches it
+    first = run_sweep(sweep, tmp_path, dashboard=False, budget=tight)
+    statuses = sorted(first.statuses.values())
+    assert statuses == ["finished", "pending"], statuses
+    assert "budget reached" in capsys.readouterr().out
+    done = next(t for t in trials if first.statuses[t.trial_id] == "finished")
+    final_before = (store.run_path(tmp_path, done.run_id) / store.FINAL_FILE).read_bytes()
+
+    larger = BudgetGate(1e6, str(tmp_path), runs)
+    second = run_sweep(sweep, tmp_path, dashboard=False, budget=larger)
+    assert second.exit_code == 0 and second.trained == 1
+    final_after = store.run_path(tmp_path, done.run_id) / store.FINAL_FILE
+    assert final_after.read_bytes() == final_before  # not retrained
+    cost = json.loads((store.run_path(tmp_path, done.run_id) / store.COST_FILE).read_text())
+    assert cost["segments"] == 1
+
+
+def test_estimate_recorded_in_the_index_is_what_the_report_reads(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    from depthcore.estimate import estimate_sweep, record_estimate
+    from depthcore.report.compute import read_estimate
+    from depthcore.trials import SweepIndex
+
+    calibrated(tmp_path, tiny_overrides, step_s=36.0)
+    sweep = sweep_from_dict(sweep_tree(tiny_overrides))
+    trials = expand(sweep)
+    est = estimate_sweep(sweep, trials, tmp_path)
+    record_estimate(sweep, trials, tmp_path, est)
+    recorded = read_estimate(tmp_path, sweep.name)
+    assert recorded is not None and recorded["runs"] == 2 and recorded["source"] == "calibration"
+    assert recorded["device_hours"] == pytest.approx(est.total_device_hours, rel=1e-3)
+    SweepIndex(sweep, tmp_path, trials).write()  # the sweep's own rewrites keep it
+    assert read_estimate(tmp_path, sweep.name) == recorded
