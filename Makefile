@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 demo: $(STAMP)
-	$(BIN)/python runners/sweep.py sweeps/quickstart.yaml
+	$(BIN)/python runners/sweep.py sweeps/quickstart.yaml --calibrate
 	$(BIN)/python runners/report.py results/ --sweep quickstart
 
 bench: $(STAMP)

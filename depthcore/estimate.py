@@ -226,9 +226,14 @@ def read_calibration(results: str | Path) -> dict[str, Rate]:
     return rates
 
 
-def calibrate(cfg: Config, kind: str, results: str | Path, out: Out) -> Rate:
+def calibrate(
+    cfg: Config, kind: str, results: str | Path, out: Out, *, threads: int | None = None
+) -> Rate:
     """Time a few training steps of `cfg`'s shape here (depthcore.bench) and cache the rate
-    in results/calibration.json."""
+    in results/calibration.json. `threads`: CPU threads, as many as a trial holds (Ray gives a
+    trial with resources.cpu N that many), so the step timed is as fast as a trial's."""
+    import torch
+
     from depthcore.bench import Variant, bench_step  # torch: only when calibrating
 
     train = cfg.train
@@ -242,11 +247,16 @@ def calibrate(cfg: Config, kind: str, results: str | Path, out: Out) -> Rate:
         host_memory=train.host_memory,
         pose_stream=train.pose_stream,
     )  # fmt: skip: the trial's own settings, so the step timed is the step it will train
-    started = time.perf_counter()
-    result = bench_step(
-        cfg, variant, steps=CALIBRATE_STEPS, warmup=CALIBRATE_WARMUP, breakdown=False
-    )
-    wall = time.perf_counter() - started
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        started = time.perf_counter()
+        result = bench_step(
+            cfg, variant, steps=CALIBRATE_STEPS, warmup=CALIBRATE_WARMUP, breakdown=False
+        )
+        wall = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(before)
     step_s = cfg.optim.batch_size / result.sustained_samples_per_s
     images = test_images(cfg) or 0
     rate = Rate(
@@ -372,7 +382,8 @@ def estimate_sweep(
         run_dir = store.run_path(results, run_id)
         status = store.run_status(run_dir)
         if key not in rates and calibrate_here and status != "finished":
-            rates[key] = calibrate(cfg, kind, results, out)
+            threads = max(1, int(resources.cpu)) if kind == "cpu" else None
+            rates[key] = calibrate(cfg, kind, results, out, threads=threads)
         rate = rates.get(key)
         if rate is None and status != "finished":
             unknown.setdefault(key, cost_shape(cfg, kind))

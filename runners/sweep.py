@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--no-dashboard", action="store_true", help="local Ray without dashboard")
     parser.add_argument("--storage", help="Ray's storage_path (default: RESULTS/ray)")
     parser.add_argument(
-        "--calibrate", action="store_true", help="with --dry-run: time unknown run shapes here"
+        "--calibrate", action="store_true", help="time run shapes of unknown cost here first"
     )
     parser.add_argument("--budget", type=float, metavar="H", help="override budget.device_hours")
     parser.add_argument("--gpus", type=int, metavar="N", help="estimate on N GPUs (default: here)")
@@ -46,8 +46,8 @@ def main() -> int:
         parser.error("--only needs a trial id, label, run id or unique id prefix")
     if args.only is not None and args.dry_run:
         parser.error("--only and --dry-run do not combine: --dry-run lists every trial")
-    if args.calibrate and not args.dry_run:
-        parser.error("--calibrate goes with --dry-run (it times steps, then prints the estimate)")
+    if args.calibrate and args.only is not None:
+        parser.error("--calibrate estimates a whole sweep; --only trains one trial")
     if args.budget is not None and not args.budget > 0:
         parser.error("--budget must be a number of device-hours > 0, e.g. --budget 80")
     if any(n is not None and n < 1 for n in (args.gpus, args.cpus)):
