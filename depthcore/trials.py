@@ -239,7 +239,7 @@ def _cost_kwargs(train_fn: TrainFn, trial: Trial, share: float | None) -> dict[s
     """The engine's cost keywords (label for TensorBoard, device share), for a train_fn that
     names them: stand-ins (and wrappers passing **kwargs on to one) keep the plain
     `(cfg, run_dir, *, report, progress)` contract."""
-    wanted = {"label": trial.label or trial.trial_id, "device_share": share}
+    wanted = {"label": trial.trial_id, "device_share": share}  # the id: label and seed
     try:
         params = inspect.signature(train_fn).parameters
     except (TypeError, ValueError):

@@ -136,7 +136,8 @@ def test_trials_pass_label_and_share_to_a_train_fn_that_takes_them(
         return {"metrics": {}}
 
     execute_trial(trial, tmp_path / "run", train, device_share=0.5)
-    assert seen["label"] == "b" and seen["device_share"] == 0.5
+    assert seen["label"] == trial.trial_id and seen["device_share"] == 0.5
+    assert trial.trial_id.startswith("b,seed=")
 
 
 @pytest.mark.slow
