@@ -613,3 +613,36 @@ def read_cost(run_dir: str | Path) -> dict[str, Any] | None:
     if cost is None:
         cost = (read_final(run_dir) or {}).get("cost")
     return cost if isinstance(cost, dict) and "device_hours" in cost else None
+
+
+# ----------------------------------------------------------------------------------------------
+# results/tensorboard/<sweep>/<trial id>: TensorBoard's view of a sweep, named by trial ids
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+def link_tensorboard(results: str | Path, sweep: str, trial_id: str, run_id: str) -> Path | None:
+    """Point results/tensorboard/<sweep>/<trial id> at the run's events folder (a relative
+    symlink), so `tensorboard --logdir results/tensorboard` names runs `<sweep>/<trial id>`
+    instead of by their hashes. None (nothing linked) while the run has written no events."""
+    from depthcore.tensorboard import TB_DIR, label_folder
+
+    events = run_path(results, run_id) / TB_DIR
+    folders = sorted(p for p in events.iterdir() if p.is_dir()) if events.is_dir() else []
+    if not folders:
+        return None
+    link = (
+        Path(results)
+        / TENSORBOARD_DIR
+        / label_folder(sweep, sweep)
+        / label_folder(trial_id, run_id)
+    )
+    target = os.path.relpath(folders[0] if len(folders) == 1 else events, link.parent)
+    if link.is_symlink() and os.readlink(link) == target:
+        return link
+    link.parent.mkdir(parents=True, exist_ok=True)
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary)
+    os.replace(temporary, link)  # atomic: a reader sees the old link or the new one
+    return link

@@ -1,8 +1,9 @@
 """TensorBoard event files in each run's own folder: `runs/<run_id>/tb/<label>/`.
 
 TensorBoard names a run by its events folder's path relative to `--logdir`, so with
-`tensorboard --logdir results/runs` a run shows as `<run_id>/tb/<label>`: the trial label is
-in the name (filter runs by it), and the run id keeps two trials' events apart. The engine writes
+`tensorboard --logdir results/runs` a run shows as `<run_id>/tb/<label>`; a sweep also links
+each trial as results/tensorboard/<sweep>/<trial id> (`store.link_tensorboard`), so
+`tensorboard --logdir results/tensorboard` names runs by trial alone. The engine writes
 only at its log points and epoch ends; SummaryWriter queues events to a background thread.
 A resumed run purges the events its killed segment wrote after the checkpoint (purge_step).
 """

@@ -134,6 +134,8 @@ class SweepIndex:
         if spec.adaptive is not None:
             index["seeds"] = spec.adaptive.model_dump()
         store.write_sweep_index(self.results, self.sweep.name, index)
+        for entry in self.entries.values():
+            store.link_tensorboard(self.results, spec.name, entry["trial_id"], entry["run_id"])
 
 
 # ----------------------------------------------------------------------------------------------

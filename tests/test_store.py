@@ -267,3 +267,20 @@ def test_lock_round_trip(tmp_path) -> None:
         assert (owner["host"], owner["pid"]) == (socket.gethostname(), os.getpid())
         assert store.lock_is_held(tmp_path)
     assert not store.lock_is_held(tmp_path) and not (tmp_path / store.LOCK_FILE).exists()
+
+
+def test_tensorboard_links_name_runs_by_trial_id(tmp_path: Path) -> None:
+    assert store.link_tensorboard(tmp_path, "sw", "a,seed=1", "r1") is None  # no events yet
+    events = store.run_path(tmp_path, "r1") / "tb" / "a,seed=1"
+    events.mkdir(parents=True)
+    (events / "events.out.tfevents.1").write_bytes(b"x")
+    link = store.link_tensorboard(tmp_path, "sw", "a,seed=1", "r1")
+    assert link == tmp_path / "tensorboard" / "sw" / "a,seed=1"
+    assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()  # movable results
+    assert (link / "events.out.tfevents.1").read_bytes() == b"x"
+    assert store.link_tensorboard(tmp_path, "sw", "a,seed=1", "r1") == link  # idempotent
+    other = store.run_path(tmp_path, "r2") / "tb" / "b"
+    other.mkdir(parents=True)
+    store.link_tensorboard(tmp_path, "sw", "a,seed=1", "r2")  # the trial's run changed
+    assert link.resolve() == other.resolve()
+    assert [p.name for p in link.parent.iterdir()] == ["a,seed=1"]  # no temporary left
