@@ -455,8 +455,8 @@ def estimate_lines(est: SweepEstimate, kind: str, *, per_run: bool = True) -> li
     lines.append(line)
     if est.fewest < len(est.runs):
         lines.append(
-            f"adaptive seeds: at least {est.fewest} runs, at most {len(est.runs)}; the line "
-            "above is the most"
+            f"adaptive seeds: at least {est.fewest} runs, at most {len(est.runs)}; the "
+            f"estimate above is for all {len(est.runs)} (the most)"
         )
     for shape in est.unknown_shapes:
         lines.append(
