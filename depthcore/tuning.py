@@ -374,6 +374,9 @@ def _race(job: _Job, opts: _Options, trials: Sequence[Trial]) -> SweepOutcome:
             break
         tried |= set(state.next_runs)
         todo = _todo(index, [t for t in trials if t.run_id in set(state.next_runs)])
+        if not todo:  # finished, yet the race cannot read their per-image results
+            out(f"{sweep.name}: race halted: finished runs without a readable per_image.csv")
+            break
         out(f"{sweep.name}: race round: {len(todo)} runs to train")
         round_job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
         _run_on_ray(round_job, opts, index, {"trial_id": tune.grid_search(list(round_job.trials))})
