@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,28 @@ def tiny_cfg(tiny_overrides: list[str]):  # -> Config
     from depthcore.config import load_config
 
     return load_config(None, tiny_overrides)
+
+
+@pytest.fixture(scope="module")
+def ray_local(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One local Ray (2 CPUs, with the dashboard) for the requesting test module, whose
+    functions its workers unpickle by value (they cannot import tests/)."""
+    import logging
+
+    import ray
+    from ray import cloudpickle
+
+    from depthcore.tuning import RAY_ENV
+
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    cloudpickle.register_pickle_by_value(request.module)
+    ctx = ray.init(
+        address="local",  # never join a cluster another test or `ray start` left behind
+        num_cpus=2,
+        include_dashboard=True,
+        runtime_env={"env_vars": dict(RAY_ENV)},
+        logging_level=logging.WARNING,
+    )
+    yield ctx
+    ray.shutdown()

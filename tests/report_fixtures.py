@@ -220,3 +220,8 @@ def base_images(n: int = 40, seed: int = 0) -> np.ndarray:
     out[:, :4] = np.abs(out[:, :4])
     out[:, 4:] = np.clip(out[:, 4:], 0, 1)
     return out
+
+
+def metrics(*values: float) -> dict[str, float]:
+    """The seven metrics in the paper's order, as a dict."""
+    return dict(zip(METRIC_NAMES, values, strict=True))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from sweep_runner import run_sweep_runner
 
 from depthcore import store
 from depthcore.config import load_config
@@ -18,16 +18,6 @@ from depthcore.errors import ConfigError
 from depthcore.estimate import CALIBRATION_FILE, BudgetGate, Rate, cost_shape, shape_key
 from depthcore.sweep import expand, sweep_from_dict
 from depthcore.trials import NOT_STARTED, execute_trial
-
-REPO = Path(__file__).resolve().parent.parent
-RUNNER = REPO / "runners" / "sweep.py"
-# Runs the runner as __main__ and reports, on exit, whether the process ever imported Ray.
-PROBE = (
-    "import atexit, runpy, sys\n"
-    "atexit.register(lambda: print('RAY_IMPORTED=%s' % ('ray' in sys.modules), file=sys.stderr))\n"
-    "sys.argv = sys.argv[1:]\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-)
 
 
 def sweep_tree(overrides: list[str], budget: float | None = None) -> dict[str, Any]:
@@ -46,13 +36,7 @@ def sweep_tree(overrides: list[str], budget: float | None = None) -> dict[str, A
 def run_runner(tmp_path: Path, tree: dict[str, Any], *args: str) -> subprocess.CompletedProcess:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(tree))
-    return subprocess.run(
-        [sys.executable, "-c", PROBE, str(RUNNER), str(path), "--results", str(tmp_path), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_sweep_runner(str(path), "--results", str(tmp_path), *args, timeout=120)
 
 
 def calibrated(tmp_path: Path, overrides: list[str], step_s: float) -> None:

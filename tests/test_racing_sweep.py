@@ -7,17 +7,12 @@ than the baseline and the arm `same` is the baseline under other seeds (an A/A a
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-import ray
-from ray import cloudpickle
 
 from depthcore import store
 from depthcore.metrics import METRIC_NAMES
@@ -25,7 +20,7 @@ from depthcore.report import build_report
 from depthcore.report.loading import load_sweep_results
 from depthcore.sweep import expand, sweep_from_dict
 from depthcore.trials import race_state
-from depthcore.tuning import RAY_ENV, run_sweep
+from depthcore.tuning import run_sweep
 
 ATTEMPTS = "attempts.jsonl"
 SHIFT = {"standard": 0.0, "l1": -0.05, "ssim_a": 0.0}  # loss.photometric -> abs_rel shift
@@ -57,22 +52,6 @@ def stand_in_train(cfg: Any, run_dir: str | Path, **_: Any) -> dict[str, Any]:
         final = {"status": "finished", "metrics": metrics, "epochs": 1, "run_id": cfg.run_id()}
         store.write_json_atomic(run_dir / store.FINAL_FILE, final)
         return final
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Any:
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    ctx = ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": dict(RAY_ENV)},
-        logging_level=logging.WARNING,
-    )
-    yield ctx
-    ray.shutdown()
 
 
 def race_sweep() -> Any:

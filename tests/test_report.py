@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from report_fixtures import Trial, write_sweep
+from report_fixtures import Trial, metrics, write_sweep
 
 from depthcore.errors import ConfigError, DataError
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
@@ -21,10 +21,6 @@ from depthcore.report.tables import aggregate_configs, rank_marks
 
 DATA = Path(__file__).parent / "data"
 PAPER_TABLE2 = DATA / "paper_table2.csv"
-
-
-def metrics(*values: float) -> dict[str, float]:
-    return dict(zip(METRIC_NAMES, values, strict=True))
 
 
 # Known numbers: A and B tie at the printed precision in abs_rel (0.110) and exactly in a3.

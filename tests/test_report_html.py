@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from report_fixtures import Trial, write_sweep
+from report_fixtures import Trial, metrics, write_sweep
 
 from depthcore.metrics import METRIC_NAMES
 from depthcore.report import build_report
@@ -16,10 +16,6 @@ from depthcore.report.tables import metric_header
 
 BOLD = "font-weight: bold"
 UNDERLINE = "text-decoration: underline"
-
-
-def metrics(*values: float) -> dict[str, float]:
-    return dict(zip(METRIC_NAMES, values, strict=True))
 
 
 RUNS = {

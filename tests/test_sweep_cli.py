@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-RUNNER = REPO / "runners" / "sweep.py"
-# Runs the runner as __main__ and reports, on exit, whether the process ever imported Ray.
-PROBE = (
-    "import atexit, runpy, sys\n"
-    "atexit.register(lambda: print('RAY_IMPORTED=%s' % ('ray' in sys.modules), file=sys.stderr))\n"
-    "sys.argv = sys.argv[1:]\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-)
-
-
-def run_runner(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", PROBE, str(RUNNER), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from sweep_runner import run_sweep_runner as run_runner
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import os
 import sys
 import threading
 import time
@@ -22,14 +20,13 @@ from typing import Any
 import pytest
 import ray
 import yaml
-from ray import cloudpickle
 
 from depthcore import store
 from depthcore.config import config_from_dict
 from depthcore.errors import ConfigError, DataError, TrainingError
 from depthcore.sweep import expand, sweep_from_dict, trial_from_params
 from depthcore.trials import execute_trial, find_trial, run_one
-from depthcore.tuning import RAY_ENV, run_sweep
+from depthcore.tuning import run_sweep
 
 ATTEMPTS = "attempts.jsonl"
 TINY_BASE = {
@@ -122,26 +119,6 @@ def attempts(results: Path, run_id: str) -> list[dict[str, Any]]:
 
 def make_sweep(name: str, **keys: Any):
     return sweep_from_dict({"name": name, "base": TINY_BASE, **keys})
-
-
-# ----------------------------------------------------------------------------------------------
-# One local Ray for the module
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    ctx = ray.init(
-        address="local",  # never join a cluster another test or `ray start` left behind
-        num_cpus=2,
-        include_dashboard=True,
-        runtime_env={"env_vars": dict(RAY_ENV)},
-        logging_level=logging.WARNING,
-    )
-    yield ctx
-    ray.shutdown()
 
 
 @pytest.mark.slow
