@@ -113,9 +113,9 @@ def train_samples(cfg: Config) -> int | None:
     """Training samples: the split file's lines (KITTI), or the synthetic drives' layout."""
     if cfg.data.dataset == "kitti":
         return _lines(_split_dir(cfg, "eigen_zhou") / "train_files.txt")
-    syn = cfg.data.synthetic
-    total = (syn.drives - max(1, syn.drives // 4)) * (syn.frames - 2)
-    return total - max(1, total // 10)  # the synthetic split keeps a tenth for validation
+    from depthcore.data.synthetic import split_sizes  # numpy only, no torch
+
+    return split_sizes(cfg.data.synthetic)["train"]
 
 
 def test_images(cfg: Config) -> int | None:
@@ -123,8 +123,9 @@ def test_images(cfg: Config) -> int | None:
         eval_dir = Path(cfg.eval.split_dir) if cfg.eval.split_dir else _split_dir(cfg, "eigen")
         count = _lines(eval_dir / "test_files.txt")
     else:
-        syn = cfg.data.synthetic
-        count = max(1, syn.drives // 4) * (syn.frames - 2)
+        from depthcore.data.synthetic import split_sizes
+
+        count = split_sizes(cfg.data.synthetic)["test"]
     if count is None:
         return None
     return min(count, cfg.eval.max_images) if cfg.eval.max_images else count

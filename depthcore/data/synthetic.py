@@ -262,9 +262,21 @@ def _default_workers(syn: SyntheticConfig) -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def split_sizes(syn: SyntheticConfig, stereo: bool = False) -> dict[str, int]:
+    """Frames per split that `_write_splits` writes: the last quarter of the drives (at least
+    one) are test drives (side l); the others' frames are shuffled into train and val, a tenth
+    (at least one) for val. Every frame but a drive's first and last has both neighbours."""
+    n_test = max(1, syn.drives // 4)
+    inner = syn.frames - 2
+    n_train = (syn.drives - n_test) * inner * (2 if stereo else 1)
+    n_val = max(1, n_train // 10)
+    return {"train": n_train - n_val, "val": n_val, "test": n_test * inner, "test_drives": n_test}
+
+
 def _write_splits(root: Path, syn: SyntheticConfig, stereo: bool) -> dict[str, Any]:
     """Train/val from all but the last drive(s); test = the last drive(s), side l, in order."""
-    n_test = max(1, syn.drives // 4)
+    sizes = split_sizes(syn, stereo)
+    n_test = sizes["test_drives"]
     inner = range(1, syn.frames - 1)  # frames whose -1 / +1 neighbours exist
     sides = ("l", "r") if stereo else ("l",)
     train = [
@@ -272,7 +284,7 @@ def _write_splits(root: Path, syn: SyntheticConfig, stereo: bool) -> dict[str, A
     ]
     order = np.random.default_rng([syn.seed, 1]).permutation(len(train))
     train = [train[i] for i in order]
-    n_val = max(1, len(train) // 10)
+    n_val = sizes["val"]
     test = [
         (drive_folder(d), f, "l") for d in range(syn.drives - n_test, syn.drives) for f in inner
     ]
@@ -281,7 +293,8 @@ def _write_splits(root: Path, syn: SyntheticConfig, stereo: bool) -> dict[str, A
     write_split(split_dir / "val_files.txt", train[:n_val])
     write_split(split_dir / "test_files.txt", test)
     export_gt(root, split_dir / "test_files.txt", split_dir / "gt_depths.npz", source="improved")
-    return {"train": len(train) - n_val, "val": n_val, "test": len(test), "test_drives": n_test}
+    assert (len(train) - n_val, len(test)) == (sizes["train"], sizes["test"])  # split_sizes' rule
+    return sizes
 
 
 def make_synthetic(
