@@ -12,9 +12,10 @@ import random
 import numpy as np
 import torch
 
+from depthcore.cost import cpu_name
 from depthcore.errors import ConfigError
 
-__all__ = ["describe_device", "resolve_device", "seed_everything"]
+__all__ = ["describe_device", "kind_and_name", "resolve_device", "seed_everything"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,6 +35,13 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def kind_and_name(device: torch.device) -> tuple[str, str]:
+    """('cuda', 'NVIDIA H200') or ('cpu', '2 cores'): how cost records name a device."""
+    if device.type == "cuda":
+        return "cuda", torch.cuda.get_device_name(device)
+    return device.type, cpu_name()
 
 
 def seed_everything(seed: int) -> None:

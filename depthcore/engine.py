@@ -25,7 +25,6 @@ from depthcore.config import Config
 from depthcore.cost import (
     CostMeter,
     check_share,
-    cpu_name,
     default_share,
     host_peak_memory_mb,
 )
@@ -38,11 +37,7 @@ from depthcore.data import (
     resolve_data,
 )
 from depthcore.data.augment import apply_jitter
-from depthcore.device import (  # bench.py still imports them from here
-    describe_device,
-    resolve_device,
-    seed_everything,
-)
+from depthcore.device import describe_device, kind_and_name, resolve_device, seed_everything
 from depthcore.errors import ConfigError, TrainingError
 from depthcore.evaluate import Evaluation, Predictions, evaluate_model
 from depthcore.hostmem import keep_freed_memory
@@ -485,7 +480,7 @@ def _setup(
     cfg: Config, run_dir: Path, report: ReportFn | None, progress: bool, acct: _Accounting
 ) -> _Run:
     device = resolve_device(cfg.train.device)
-    kind, name = _device_kind_name(device)
+    kind, name = kind_and_name(device)
     share = acct.share if acct.share is not None else default_share(kind, torch.get_num_threads())
     acct.meter = CostMeter.start(run_dir, cfg.run_id(), kind, name, share, setup_since=acct.started)
     seed_everything(cfg.train.seed)
@@ -505,13 +500,6 @@ def _setup(
         cfg, run_dir, rt, optimizer, step, paths, prog, report, progress, gts,
         meter=acct.meter, board=acct.board, first_step=prog.step, acct=acct,
     )  # fmt: skip
-
-
-def _device_kind_name(device: torch.device) -> tuple[str, str]:
-    """('cuda', 'NVIDIA H200') or ('cpu', '2 cores'): what the cost record names."""
-    if device.type == "cuda":
-        return "cuda", torch.cuda.get_device_name(device)
-    return device.type, cpu_name()
 
 
 def _peak_memory_mb(device: torch.device) -> float:

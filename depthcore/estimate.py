@@ -299,13 +299,12 @@ def _checkpoint_seconds(cfg: Config, results: Path) -> float:
 
 
 def _device_label(kind: str) -> str:
-    from depthcore.cost import cpu_name, device_label
-
-    if kind == "cpu":
-        return device_label("cpu", cpu_name())
     import torch
 
-    return device_label("cuda", torch.cuda.get_device_name(0))
+    from depthcore.cost import device_label
+    from depthcore.device import kind_and_name
+
+    return device_label(*kind_and_name(torch.device(kind)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,10 +491,11 @@ def index_record(est: SweepEstimate) -> dict[str, Any]:
 
 def spent_device_hours(results: str | Path, run_ids: Iterable[str]) -> float:
     """Device-hours the runs' cost records hold (a running run: what it spent so far)."""
-    return sum(
-        float((store.read_cost(store.run_path(results, r)) or {}).get("device_hours") or 0.0)
-        for r in set(run_ids)
-    )
+    return sum(_spent(store.run_path(results, r)) for r in set(run_ids))
+
+
+def _spent(run_dir: Path) -> float:
+    return float((store.read_cost(run_dir) or {}).get("device_hours") or 0.0)
 
 
 def check_budget(est: SweepEstimate, budget: float, results: str | Path, flag: str) -> None:
@@ -533,7 +533,7 @@ class BudgetGate:
         total = 0.0
         for run_id, estimate in self.run_hours.items():
             run_dir = store.run_path(self.results, run_id)
-            spent = float((store.read_cost(run_dir) or {}).get("device_hours") or 0.0)
+            spent = _spent(run_dir)
             running = store.run_status(run_dir) == "running"
             total += max(spent, estimate) if running else spent
         return total

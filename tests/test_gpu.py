@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthcore import engine
+from depthcore import device, engine
 from depthcore.config import load_config
 from depthcore.data import build_train_loader, resolve_data
 from depthcore.resample import lanczos_pyramid
@@ -31,7 +31,7 @@ def _params(models: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _steps(cfg, graph: bool, batches: list[dict]) -> tuple[list[float], dict, dict]:
-    engine.seed_everything(cfg.train.seed)
+    device.seed_everything(cfg.train.seed)
     rt = engine.build_runtime(cfg, torch.device("cuda"))
     rt = dataclasses.replace(rt, graph=graph)
     start = _params(rt.models)

@@ -12,7 +12,7 @@ from depthcore.bench.processes import bench_pack, bench_rounds, profile_in_proce
 from depthcore.bench.timing import bench_data, bench_loss
 from depthcore.bench.variants import BenchOptions, step_variants
 from depthcore.config import Config
-from depthcore.engine import resolve_device
+from depthcore.device import resolve_device
 
 
 def run(options: BenchOptions) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from depthcore.bench.sampling import Sampler, peak_memory_mb, reset_peak
 from depthcore.bench.variants import Variant, variant_config, with_sections
 from depthcore.config import Config
 from depthcore.data import build_train_loader, resolve_data
+from depthcore.device import resolve_device, seed_everything
 from depthcore.engine import (
     Runtime,
     StepFn,
@@ -31,8 +32,6 @@ from depthcore.engine import (
     make_step,
     pose_forward,
     prepare_images,
-    resolve_device,
-    seed_everything,
 )
 from depthcore.profiling import profile_steps
 
