@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -60,14 +59,7 @@ def build_report(
     names = select_sweeps(results, list(sweeps) if sweeps else None)
     out = Path(out) if out is not None else results / "report"
     for name in names:
-        estimate = compute.read_estimate(results, name)
-        write_sweep_report(
-            load_sweep_results(results, name),
-            out / name,
-            wanted,
-            figures=figures,
-            estimate=estimate,
-        )
+        write_sweep_report(load_sweep_results(results, name), out / name, wanted, figures=figures)
     compute.write_total(out, results)
     write_index(out)
     return out
@@ -120,10 +112,8 @@ def write_sweep_report(
     formats: tuple[str, ...],
     *,
     figures: bool = True,
-    estimate: dict[str, Any] | None = None,
 ) -> Path:
-    """Write every table, figure and report.html of one sweep into `folder`; `estimate`: the
-    compute estimate recorded at the sweep's start (its index), shown beside what it cost."""
+    """Write every table, figure and report.html of one sweep into `folder`."""
     configs = tables.aggregate_configs(data)
     sig, sig_note = significance(data, configs)
     rows = tables.ablation_rows(configs, data)
@@ -136,7 +126,7 @@ def write_sweep_report(
     if figures:
         sections += _figures(data, configs, folder)
     if data.source == "results":
-        sections.append(compute.compute_section(data, folder, estimate))
+        sections.append(compute.compute_section(data, folder))
     sections.append(_runs(data, folder))
     if figures:
         _remove_stale(folder / "figures", [ref for sec in sections for ref in sec.figures])

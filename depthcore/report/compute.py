@@ -17,7 +17,13 @@ import depthcore.report.tables as tables
 import depthcore.report.views as views
 from depthcore import store
 from depthcore.report.html import Section, Table
-from depthcore.report.loading import SweepData, list_sweeps, load_sweep_results
+from depthcore.report.loading import (
+    SweepData,
+    finite_number,
+    index_estimate,
+    list_sweeps,
+    load_sweep_results,
+)
 
 COST_KEYS = ("device", "share", "wall_s", "lost_s", "samples_per_s", "device_hours")
 COLUMNS = (
@@ -34,11 +40,7 @@ NOTE = (
 
 def read_estimate(results: str | Path, sweep: str) -> dict[str, Any] | None:
     """The estimate recorded in the sweep index at its start, or None."""
-    index = store.read_yaml_file(Path(results) / store.SWEEPS_DIR / f"{sweep}.yaml") or {}
-    estimate = index.get("estimate")
-    if isinstance(estimate, dict) and _number(estimate.get("device_hours")) is not None:
-        return estimate
-    return None
+    return index_estimate(store.read_sweep_index(results, sweep) or {})
 
 
 def run_costs(data: SweepData) -> pd.DataFrame:
@@ -69,8 +71,8 @@ def compute_table(
     ]
     sweep = _row("sweep", data.name, costs)
     if estimate is not None:
-        sweep["estimate_runs"] = _number(estimate.get("runs"))
-        sweep["estimate_device_hours"] = _number(estimate.get("device_hours"))
+        sweep["estimate_runs"] = finite_number(estimate.get("runs"))
+        sweep["estimate_device_hours"] = finite_number(estimate.get("device_hours"))
     return pd.DataFrame([*rows, sweep], columns=list(COLUMNS))
 
 
@@ -88,13 +90,9 @@ def _row(level: str, name: str, costs: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _number(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok and math.isfinite(value) else None
-
-
-def compute_section(data: SweepData, folder: Path, estimate: dict[str, Any] | None) -> Section:
+def compute_section(data: SweepData, folder: Path) -> Section:
     """Write compute.csv and compute.md into `folder`; the section for report.html."""
+    estimate = data.estimate
     table = compute_table(data, run_costs(data), estimate)
     store.write_text_atomic(folder / "compute.csv", table.to_csv(index=False))
     view = _view(table)

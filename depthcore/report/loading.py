@@ -44,6 +44,7 @@ class SweepData:
     metric: str
     source: str  # "results" or "csv"
     race: dict[str, Any] | None = None  # the index's `seeds: {start, max, ...}` when raced
+    estimate: dict[str, Any] | None = None  # the index's cost estimate from the sweep's start
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,8 +94,29 @@ def load_sweep_results(results: Path, name: str) -> SweepData:
     metric = str(index.get("metric")) if index.get("metric") in METRIC_NAMES else METRIC_NAMES[0]
     race = index.get("seeds") if isinstance(index.get("seeds"), dict) else None
     return SweepData(
-        str(index.get("name") or name), params, runs, _dataset(runs), metric, "results", race
+        str(index.get("name") or name),
+        params,
+        runs,
+        _dataset(runs),
+        metric,
+        "results",
+        race,
+        index_estimate(index),
     )
+
+
+def index_estimate(index: dict[str, Any]) -> dict[str, Any] | None:
+    """A sweep index's `estimate` (recorded at the sweep's start), when it holds a number."""
+    estimate = index.get("estimate")
+    if isinstance(estimate, dict) and finite_number(estimate.get("device_hours")) is not None:
+        return estimate
+    return None
+
+
+def finite_number(value: Any) -> float | None:
+    """A finite int or float as float (bools, strings and NaN are None)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) else None
 
 
 def _swept_keys(index: dict[str, Any], trials: list[dict[str, Any]]) -> tuple[str, ...]:
