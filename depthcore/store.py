@@ -15,6 +15,7 @@ Layout (everything under one results folder, default `results/`):
         tb/<label>/             TensorBoard event files (depthcore.tensorboard writes them)
     sweeps/<name>.yaml          the sweep's trials: trial id, run id, swept values, status (and,
                                 with adaptive seeds, each arm's seeds_run and stop_reason)
+    sweeps/<name>.optuna.journal  an optuna sweep's study (optuna_journal_path)
 
 Every file is written atomically (temp file + rename), so a reader never sees half a file.
 Each file has its writer and its reader here (config.yaml and final.json are written with
@@ -386,6 +387,11 @@ def list_runs(results: str | Path) -> list[Path]:
 
 def sweep_index_path(results: str | Path, name: str) -> Path:
     return Path(results) / SWEEPS_DIR / f"{name}.yaml"
+
+
+def optuna_journal_path(results: str | Path, name: str) -> Path:
+    """An optuna sweep's study (optuna's JournalFileBackend writes it), beside its index."""
+    return Path(results) / SWEEPS_DIR / f"{name}.optuna.journal"
 
 
 def write_sweep_index(results: str | Path, name: str, index: Mapping[str, Any]) -> Path:

@@ -507,7 +507,7 @@ def _run_optuna(job: _Job, opts: _Options) -> SweepOutcome:
     n_trials = sweep.file.search.n_trials
     assert n_trials is not None  # Search requires it for optuna
     remaining = max(n_trials - _prepare_study(journal, sweep, opts.out), 0)
-    where = results / store.SWEEPS_DIR / f"{sweep.name}.optuna.journal"
+    where = store.optuna_journal_path(results, sweep.name)
     opts.out(f"{sweep.name}: optuna study {where}: {remaining} trials to run")
     if remaining:
         search = sweep.file.search
@@ -545,7 +545,7 @@ def _journal(results: Path, name: str) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    path = results / store.SWEEPS_DIR / f"{name}.optuna.journal"
+    path = store.optuna_journal_path(results, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
