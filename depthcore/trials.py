@@ -22,7 +22,7 @@ import numpy as np
 from depthcore import store
 from depthcore.errors import ConfigError, TrainingError
 from depthcore.racing import RaceState, race
-from depthcore.sweep import Sweep, Trial, expand
+from depthcore.sweep import Sweep, SweepFile, Trial, expand
 
 __all__ = [
     "NOT_STARTED",
@@ -127,6 +127,7 @@ class SweepIndex:
             "metric": spec.metric,
             "mode": spec.resolved_mode,
             "swept": self.swept,
+            "design": sweep_design(spec),
             "trials": list(self.entries.values()),
         }
         if self.estimate is not None:
@@ -352,6 +353,14 @@ def run_one(
 
 # ----------------------------------------------------------------------------------------------
 # Index entries (schema: README.md, "Results layout")
+
+
+def sweep_design(spec: SweepFile) -> str:
+    """How the trials were chosen, for the report: a factor model needs a grid or listed trials;
+    a search samples the space (depthcore.report.loading.DESIGNS)."""
+    if spec.search.method == "optuna":
+        return "search"
+    return "grid" if spec.grid else "trials"
 
 
 def swept_keys(trials: Sequence[Trial]) -> list[str]:

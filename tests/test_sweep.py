@@ -22,7 +22,7 @@ from depthcore.trials import index_entry, swept_keys
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
-PAPER_TABLE2 = Path(__file__).resolve().parent / "data" / "paper_table2.csv"
+PAPER_TABLE2 = Path(__file__).resolve().parents[1] / "examples" / "paper_table2.csv"
 # Table 1 of the paper: the (alpha, beta, gamma) rows besides the baseline.
 TABLE1_ROWS = [
     (2, 1, 1),

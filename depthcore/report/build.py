@@ -1,9 +1,9 @@
 """Build the report of one or more sweeps (or of an imported CSV) from result files alone.
 
-Layout: <out>/<sweep>/{ablation.md,.tex,.csv,.html, marginals.csv, marginals.md, importance.csv,
-significance.csv, significance.md, per_scale.csv, runs.csv, summary.json, figures/*.png|pdf,
-report.html} and <out>/index.html. Outputs carry no timestamps, so building twice gives
-identical bytes.
+Layout: <out>/<sweep>/{ablation.md,.tex,.csv,.html, effects.csv, marginals.csv, marginals.md,
+importance.csv, significance.csv, significance.md, per_scale.csv, runs.csv, summary.json,
+figures/*.png|pdf, report.html} and <out>/index.html. Outputs carry no timestamps, so building
+twice gives identical bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import depthcore.report.views as views
 from depthcore import store
 from depthcore.errors import ConfigError
 from depthcore.metrics import METRIC_NAMES
+from depthcore.report.effects import LEVEL, effects_csv, sentences, sweep_effects
 from depthcore.report.html import FigureRef, Section, Table, render_index, render_report
 from depthcore.report.loading import (
     BASELINE,
@@ -28,7 +29,13 @@ from depthcore.report.loading import (
     load_sweep_results,
     select_sweeps,
 )
-from depthcore.report.marginals import best_values, grid_points, marginal_stats, param_importance
+from depthcore.report.marginals import (
+    best_values,
+    grid_points,
+    marginal_stats,
+    param_importance,
+    with_effects,
+)
 from depthcore.report.significance import SEEDS_LIMIT, daggers, significance
 
 FORMATS = ("md", "tex", "csv", "html")
@@ -121,10 +128,11 @@ def write_sweep_report(
     marks = tables.table_marks(rows)
     sections = [_ablation(data, rows, marks, dagger, folder, formats)]
     sections.append(_significance(sig, sig_note, folder))
-    sections.append(_marginals(data, configs, folder))
+    effects = main_effects(data)
+    sections.append(_marginals(data, configs, effects, folder))
     sections.append(_per_scale(data, configs, folder, figures))
     if figures:
-        sections += _figures(data, configs, folder)
+        sections += _figures(data, configs, effects, folder)
     if data.source == "results":
         sections.append(compute.compute_section(data, folder))
     sections.append(_runs(data, folder))
@@ -239,16 +247,26 @@ def how_to_read(sig: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _marginals(data: SweepData, configs: pd.DataFrame, folder: Path) -> Section:
-    marg = marginal_stats(configs, data.params)
+def _marginals(
+    data: SweepData, configs: pd.DataFrame, effects: pd.DataFrame, folder: Path
+) -> Section:
+    store.write_text_atomic(folder / "effects.csv", effects_csv(effects).to_csv(index=False))
+    marg = with_effects(marginal_stats(configs, data.params), effects)
     store.write_text_atomic(folder / "marginals.csv", marg.to_csv(index=False))
     importance, why = param_importance(configs, data.params)
     store.write_text_atomic(folder / "importance.csv", importance.to_csv(index=False))
     section = Section("marginals", "Edge distribution (marginal statistics per hyperparameter)")
-    section.notes.append(MARGINALS_NOTE)
-    md = [f"# {data.name}: edge distribution\n", MARGINALS_NOTE + "\n"]
+    lead = effect_lead(effects, data.metric)
+    section.notes += [*lead, EFFECTS_NOTE, MARGINALS_NOTE]
+    md = [f"# {data.name}: edge distribution\n", "## Main effects\n"]
+    md += [*(f"- {line}" for line in lead), "", EFFECTS_NOTE + "\n"]
+    view = views.effects_view(effects)
+    if len(view):
+        _add_table(section, md, view, "effects", EFFECTS_CAPTION)
+    md.append(MARGINALS_NOTE + "\n")
+    level = float(effects["level"].iloc[0]) if len(effects) else LEVEL
     for key in dict.fromkeys(marg["parameter"]):
-        cells, marks = views.marginal_view(marg, key, data.metric)
+        cells, marks = views.marginal_view(marg, key, data.metric, level)
         md += [f"## {key}\n", tables.to_markdown(cells, marks)]
         uuid = f"marginals-{_slug(key)}"
         html = tables.to_html_table(cells, marks, uuid=uuid, css_class="marginals")
@@ -267,12 +285,40 @@ def _marginals(data: SweepData, configs: pd.DataFrame, folder: Path) -> Section:
     return section
 
 
+def main_effects(data: SweepData) -> pd.DataFrame:
+    """The factor model of every metric over the sweep's finished runs, baseline left out."""
+    runs = data.runs[(data.runs["status"] == "finished") & (data.runs["role"] != BASELINE)]
+    return sweep_effects(runs, data.params, search=data.design == "search")
+
+
+def effect_lead(effects: pd.DataFrame, primary: str) -> list[str]:
+    """The sentences that lead the edge distribution: one per parameter, or one for the whole
+    design when no parameter could be tested for the same reason."""
+    if effects.empty:
+        return ["Main effects: no swept hyperparameter takes two values among the finished runs."]
+    notes = set(effects.loc[effects["p_value"].isna(), "note"])
+    if effects["p_value"].isna().all() and len(notes) == 1:
+        return [f"Main effects not tested: {notes.pop()}."]
+    return sentences(effects, primary)
+
+
 def _add_table(section: Section, md: list[str], view: pd.DataFrame, uid: str, caption: str) -> None:
     md += [f"## {caption}\n", views.plain_markdown(view)]
     section.tables.append(Table(views.plain_html(view, uid), caption=caption))
 
 
-BEST_CAPTION = "Best value per hyperparameter and metric"
+BEST_CAPTION = (
+    "Best value per hyperparameter and metric ((estimate): not shown better than every other value)"
+)
+EFFECTS_CAPTION = "Main effects per metric (Holm-adjusted p over the parameters; best value)"
+EFFECTS_NOTE = (
+    "Main effects: each configuration's mean over its seeds is modelled as the sum of one effect "
+    "per swept hyperparameter (categorical); the residual (interactions and seed noise) is the "
+    "error term, so one seed per configuration can show a main effect that no single row shows. "
+    "Type-II F test per parameter, Holm over the parameters per metric; 'shown best' needs the "
+    "best value's estimated mean to beat every other value's (t tests, Holm within the "
+    "parameter). effects.csv has every number; docs/statistics.md the model and its limits."
+)
 IMPORTANCE_CAPTION = "Parameter importance (Optuna PED-ANOVA, normalised per metric)"
 SIG_LEGEND = (
     "Per-image metrics (scale 0) of each run, paired by image with the baseline; difference of "
@@ -283,7 +329,8 @@ SIG_LEGEND = (
 )
 MARGINALS_NOTE = (
     "Unit: one configuration (seeds averaged); the baseline is left out. Cells: mean ± std over "
-    "the configurations with that value; bold: the best value of each metric. Mean rank: 1 = best "
+    "the configurations with that value; bold: the best value of a metric, shown better than "
+    "every other value; italic: the best by point estimate only. Mean rank: 1 = best "
     "(ties averaged). Top-k: how many of the value's configurations rank among the best k "
     "(k = a quarter of the configurations). Medians and per-metric ranks: marginals.csv."
 )
@@ -373,7 +420,9 @@ def _save(fig: plots.Figure | dict[str, bytes], folder: Path, stem: str, caption
     return FigureRef(stem, caption, folder / "figures" / f"{stem}.png")
 
 
-def _figures(data: SweepData, configs: pd.DataFrame, folder: Path) -> list[Section]:
+def _figures(
+    data: SweepData, configs: pd.DataFrame, effects: pd.DataFrame, folder: Path
+) -> list[Section]:
     """Learning curves, marginal plots, predictions and Figure 1."""
     curves = Section("curves", "Learning curves")
     preds = Section("predictions", "Depth predictions (Figures 3-4)")
@@ -384,9 +433,8 @@ def _figures(data: SweepData, configs: pd.DataFrame, folder: Path) -> list[Secti
         curves.figures.append(
             _save(fig, folder, "learning_curves", "Train loss and test metrics of every run")
         )
-    fig = plots.marginal_plots(
-        marginal_stats(configs, data.params), grid_points(configs), data.metric
-    )
+    marginals = with_effects(marginal_stats(configs, data.params), effects)
+    fig = plots.marginal_plots(marginals, grid_points(configs), data.metric)
     if fig is not None:
         marg.figures.append(_save(fig, folder, "marginals", MARGINAL_PLOT_CAPTION))
     chosen = _chosen_predictions(data, configs)
@@ -401,8 +449,11 @@ def _figures(data: SweepData, configs: pd.DataFrame, folder: Path) -> list[Secti
 
 
 MARGINAL_PLOT_CAPTION = (
-    "Per hyperparameter: the primary metric per value (configurations grey, mean ± std blue, "
-    "best value starred) and the mean rank of each value for every metric (1 = best)."
+    "Per hyperparameter: the primary metric per value (configurations grey; blue: the factor "
+    "model's estimated mean with its 95% interval, or mean ± std where the model could not be "
+    "fitted; star: the best value, filled where shown better than every other value, hollow "
+    "where best by point estimate only) and the mean rank of each value for every metric "
+    "(1 = best)."
 )
 FIG1_CAPTION = (
     "SSIM_m = 1 - x^a ((1+y)/2)^b for (a, b) = (1, 1), (2, 2), (3, 3), and SSIM_a = "

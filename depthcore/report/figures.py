@@ -160,9 +160,11 @@ def _number(value: object) -> TypeGuard[int | float]:
 
 
 def marginal_plots(marginals: pd.DataFrame, points: pd.DataFrame, primary: str) -> Figure | None:
-    """One column of panels per hyperparameter. Top: the primary metric per value (configurations
-    as dots, mean ± std with error bars, best value starred). Bottom: mean rank per value for
-    every metric (1 = best), the edge distribution of all metrics at a glance.
+    """One column of panels per hyperparameter. Top: the primary metric per value: the
+    configurations as dots and the factor model's estimated marginal mean with its interval
+    (mean ± std where the model gave no estimate); the best value starred, filled where it is
+    shown better than every other value, hollow where it is the best estimate only. Bottom: mean
+    rank per value for every metric (1 = best), the edge distribution of all metrics at a glance.
     """
     params = list(dict.fromkeys(marginals["parameter"]))
     if not params:
@@ -191,10 +193,11 @@ def _marginal_panel(
     has = points[key].notna()
     xs = [position.get(_tick(v), np.nan) for v in points.loc[has, key]]
     ax.scatter(xs, points.loc[has, metric], s=6, color="0.6", zorder=1)
+    centre, low, high = _interval(stats)
     ax.errorbar(
         range(len(labels)),
-        stats["mean"],
-        yerr=stats["std"].fillna(0),
+        centre,
+        yerr=np.vstack([centre - low, high - centre]),
         color="C0",
         marker="o",
         markersize=3,
@@ -202,9 +205,26 @@ def _marginal_panel(
         capsize=2,
         zorder=2,
     )
-    best = np.flatnonzero(stats["best"].to_numpy(dtype=bool))
-    ax.scatter(best, stats["mean"].to_numpy()[best], marker="*", s=40, color="C3", zorder=3)
+    best = stats["best"].to_numpy(dtype=bool)
+    shown = best & stats.get("best_supported", pd.Series(False, index=stats.index)).to_numpy(bool)
+    for mask, face in ((shown, "C3"), (best & ~shown, "white")):
+        at = np.flatnonzero(mask)
+        ax.scatter(at, centre[at], marker="*", s=60, facecolors=face, edgecolors="C3", zorder=3)
     ax.set_xticks(range(len(labels)), labels)
+
+
+def _interval(stats: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The estimated marginal means and their interval where the model gave them, else the
+    mean ± std of the configurations with that value."""
+    if "emm" in stats and stats["emm"].notna().all():
+        return (
+            stats["emm"].to_numpy(float),
+            stats["ci_low"].to_numpy(float),
+            stats["ci_high"].to_numpy(float),
+        )
+    mean = stats["mean"].to_numpy(float)
+    spread = stats["std"].fillna(0).to_numpy(float)
+    return mean, mean - spread, mean + spread
 
 
 def _rank_panel(ax: Any, marginals: pd.DataFrame, key: str) -> None:

@@ -27,6 +27,7 @@ SEED_KEYS = ("train.seed", "seed")
 CSV_RESERVED = ("seed", "label", "role")
 RUN_COLUMNS = ("trial_id", "run_id", "label", "role", "seed", "status", "message", "run_dir")
 RACE_COLUMNS = ("seeds_run", "stop_reason")  # adaptive seeds: the race's record per trial
+DESIGNS = ("grid", "trials", "search")  # the sweep index's `design`
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class SweepData:
     source: str  # "results" or "csv"
     race: dict[str, Any] | None = None  # the index's `seeds: {start, max, ...}` when raced
     estimate: dict[str, Any] | None = None  # the index's cost estimate from the sweep's start
+    # How the trials were chosen: "grid", "trials" (listed), "search" (sampled; not a factorial
+    # design); None for an imported CSV or an index written before the index recorded it.
+    design: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,6 +106,7 @@ def load_sweep_results(results: Path, name: str) -> SweepData:
         "results",
         race,
         index_estimate(index),
+        design=str(index["design"]) if index.get("design") in DESIGNS else None,
     )
 
 

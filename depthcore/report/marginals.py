@@ -3,7 +3,9 @@
 The unit is a configuration (its seeds averaged); baseline and reference rows are left out, as
 they are not points of the swept grid. For every swept key and each of its values: n, mean, std
 and median of every metric, the mean rank of its configurations (1 = best, ties averaged) and how
-many of them are among the top-k configurations of that metric.
+many of them are among the top-k configurations of that metric. `with_effects` adds what the
+factor model (depthcore.report.effects) says of each value: its estimated marginal mean with an
+interval, and whether the best value is shown better than the others.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
+from depthcore.report.effects import marginal_means
 from depthcore.report.loading import BASELINE
 
 if TYPE_CHECKING:
@@ -100,12 +103,54 @@ def _is_best(means: pd.Series, metric: str) -> pd.Series:
     return means.eq(target) & means.notna()
 
 
+# Columns `with_effects` adds: the factor model's per-value numbers (depthcore.report.effects).
+EFFECT_COLUMNS = ("emm", "ci_low", "ci_high", "p_vs_best", "shown_worse", "best_supported")
+
+
+def with_effects(marginals: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
+    """`marginals` with the factor model's estimated marginal means, their intervals, each
+    value's Holm-adjusted p against the best value, and `best_supported` (the best value of a
+    shown effect, shown better than every other value). Where the model gave estimates, `best`
+    becomes its best value (the best mean in a full grid; in a partial grid the estimate corrects
+    for which combinations were run); elsewhere it stays the best mean."""
+    table = marginals.copy()
+    for column in EFFECT_COLUMNS:
+        table[column] = False if column in ("shown_worse", "best_supported") else math.nan
+    levels = marginal_means(effects)
+    if table.empty or levels.empty:
+        return table
+    supported = effects.set_index(["parameter", "metric"])["best_supported"].astype(bool)
+    by_key = {_key(r.parameter, r.value, r.metric): r for r in levels.itertuples(index=False)}
+    for i, row in table.iterrows():
+        level = by_key.get(_key(row["parameter"], row["value"], row["metric"]))
+        if level is None or pd.isna(level.emm):
+            continue
+        table.loc[i, ["emm", "ci_low", "ci_high", "p_vs_best"]] = [
+            level.emm,
+            level.ci_low,
+            level.ci_high,
+            level.p_vs_best,
+        ]
+        table.loc[i, "shown_worse"] = bool(level.shown_worse)
+        table.loc[i, "best"] = bool(level.is_best)
+        pair = (row["parameter"], row["metric"])
+        table.loc[i, "best_supported"] = bool(level.is_best) and bool(supported.get(pair, False))
+    return table
+
+
+def _key(parameter: object, value: object, metric: object) -> tuple[str, str, str]:
+    return str(parameter), _value_text(value), str(metric)
+
+
 def best_values(marginals: pd.DataFrame) -> pd.DataFrame:
-    """(parameter × metric) table of the value(s) with the best mean; ties joined by ' / '."""
+    """(parameter × metric) table of the best value(s), ties joined by ' / '; a best value the
+    grid does not show better than every other one is marked "(estimate)"."""
     best = marginals[marginals["best"].astype(bool)]
     if best.empty:
         return pd.DataFrame()
-    text = best.assign(value=best["value"].map(_value_text))
+    shown = best["best_supported"].astype(bool) if "best_supported" in best else False
+    names = best["value"].map(_value_text)
+    text = best.assign(value=names.where(shown, names + " (estimate)"))
     table = text.groupby(["parameter", "metric"], sort=False)["value"].agg(" / ".join)
     table = table.unstack("metric").reindex(columns=list(METRIC_NAMES))
     params = list(dict.fromkeys(marginals["parameter"]))

@@ -222,12 +222,12 @@ def table_marks(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(cells: pd.DataFrame, marks: pd.DataFrame, left: int = 1) -> str:
-    """Pipe table; bold as **x**, underline as <ins>x</ins> (GitHub renders both).
+    """Pipe table; bold as **x**, underline as <ins>x</ins>, italic as *x* (GitHub renders all).
 
     Args:
         left: how many leading (text) columns are left-aligned; the rest are right-aligned.
     """
-    wrap = {"best": "**{}**", "second": "<ins>{}</ins>", "": "{}"}
+    wrap = {"best": "**{}**", "second": "<ins>{}</ins>", "estimate": "*{}*", "": "{}"}
     shown = cells.copy()
     for metric in METRIC_NAMES:
         shown[metric] = [
@@ -241,7 +241,12 @@ def to_markdown(cells: pd.DataFrame, marks: pd.DataFrame, left: int = 1) -> str:
 
 def to_latex(cells: pd.DataFrame, marks: pd.DataFrame, caption: str) -> str:
     """booktabs tabular (\\toprule/\\midrule/\\bottomrule) inside a table with a caption."""
-    css = {"best": "textbf: --rwrap;", "second": "underline: --rwrap;", "": ""}
+    css = {
+        "best": "textbf: --rwrap;",
+        "second": "underline: --rwrap;",
+        "estimate": "textit: --rwrap;",
+        "": "",
+    }
     styler = _styler(cells, marks, css, "ablation", _headers(cells, "tex"))
     text_columns = [
         h for c, h in zip(cells.columns, styler.columns, strict=True) if c not in METRIC_NAMES
@@ -257,7 +262,12 @@ def to_html_table(
     cells: pd.DataFrame, marks: pd.DataFrame, uuid: str = "ablation", css_class: str = "ablation"
 ) -> str:
     """An HTML <table id="T_<uuid>"> (with its <style>) marking cells by CSS; fixed ids."""
-    css = {"best": "font-weight: bold;", "second": "text-decoration: underline;", "": ""}
+    css = {
+        "best": "font-weight: bold;",
+        "second": "text-decoration: underline;",
+        "estimate": "font-style: italic;",
+        "": "",
+    }
     styler = _styler(cells, marks, css, uuid, _headers(cells, "html"))
     return styler.set_table_attributes(f'class="{css_class}"').to_html()
 

@@ -14,9 +14,12 @@ from depthcore.report.significance import SEEDS_LIMIT
 
 
 def marginal_view(
-    marginals: pd.DataFrame, key: str, primary: str
+    marginals: pd.DataFrame, key: str, primary: str, level: float = 0.95
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per value of `key`: n, mean ± std per metric (best value bold), mean rank, top-k count."""
+    """Per value of `key`: n, mean ± std per metric, mean rank, top-k count, and the factor
+    model's estimated marginal mean of the primary metric with its interval and its Holm p
+    against the best value. Marks: 'best' (bold) where the best value is shown better than every
+    other, 'estimate' (italic) where it is the best by point estimate only."""
     part = marginals[marginals["parameter"] == key]
     values = list(dict.fromkeys(part["value"]))
     by = part.set_index(["value", "metric"])
@@ -25,12 +28,40 @@ def marginal_view(
     marks = pd.DataFrame("", index=cells.index, columns=list(METRIC_NAMES), dtype=object)
     for metric in METRIC_NAMES:
         cells[metric] = [_mean_std(by.loc[(v, metric)]) for v in values]
-        marks[metric] = ["best" if by.loc[(v, metric), "best"] else "" for v in values]
+        marks[metric] = [_best_mark(by.loc[(v, metric)]) for v in values]
     ranks = part.groupby("value", sort=False)["mean_rank"].mean()
     cells["mean rank (all metrics)"] = [f"{ranks[v]:.2f}" for v in values]
     k = int(part["k"].iloc[0]) if len(part) else 0
     cells[f"in top-{k} ({primary})"] = [str(int(by.loc[(v, primary), "top_k"])) for v in values]
+    if "emm" in part and part["emm"].notna().any():
+        header = f"{primary}: estimated mean [{level:.0%} CI]"
+        cells[header] = [_emm(by.loc[(v, primary)]) for v in values]
+        cells["vs best: p (Holm)"] = [_vs_best(by.loc[(v, primary)]) for v in values]
     return cells, marks
+
+
+def _best_mark(stats: pd.Series) -> str:
+    if not stats["best"]:
+        return ""
+    return "best" if bool(stats.get("best_supported", False)) else "estimate"
+
+
+def _emm(stats: pd.Series) -> str:
+    digits = tables.DIGITS + 1
+    if pd.isna(stats["emm"]):
+        return "–"
+    return (
+        f"{stats['emm']:.{digits}f} [{stats['ci_low']:.{digits}f}, {stats['ci_high']:.{digits}f}]"
+    )
+
+
+def _vs_best(stats: pd.Series) -> str:
+    if stats["best"]:
+        return "best"
+    if pd.isna(stats["p_vs_best"]):
+        return "–"
+    shown = " (shown worse)" if stats["shown_worse"] else ""
+    return f"{stats['p_vs_best']:.3g}{shown}"
 
 
 def _mean_std(stats: pd.Series) -> str:
@@ -148,3 +179,26 @@ def top_points(configs: pd.DataFrame, metric: str, count: int) -> pd.DataFrame:
     points = grid_points(configs)
     lower = dict(tables.LOWER_IS_BETTER)[metric]
     return points.sort_values(metric, ascending=lower, kind="stable").head(count)
+
+
+def effects_view(effects: pd.DataFrame) -> pd.DataFrame:
+    """Parameter × metric: whether a main effect is shown (Holm-adjusted p) and the best value,
+    "shown best" only where it beats every other value."""
+    if effects.empty:
+        return pd.DataFrame()
+    table = effects.set_index(["parameter", "metric"])
+    params = list(dict.fromkeys(effects["parameter"]))
+    metrics = [m for m in METRIC_NAMES if m in set(effects["metric"])]
+    rows = [[_effect_cell(table.loc[(p, m)]) for m in metrics] for p in params]
+    headers = [tables.metric_header(m) for m in metrics]
+    return pd.DataFrame(rows, columns=headers).assign(parameter=params)[["parameter", *headers]]
+
+
+def _effect_cell(row: pd.Series) -> str:
+    if pd.isna(row["p_value"]):
+        return "not tested"
+    value = tables.format_value(row["best_value"])
+    if not row["significant"]:
+        return f"none (p {row['p_holm']:.2g}); {value} best estimate"
+    best = f"{value} shown best" if row["best_supported"] else f"{value} best estimate"
+    return f"effect (p {row['p_holm']:.2g}); {best}"
