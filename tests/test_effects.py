@@ -331,3 +331,14 @@ def test_a_grid_too_small_for_the_model_says_so_once(tmp_path: Path) -> None:
     text = (out / "marginals.md").read_text()
     assert "- Main effects not tested: no residual degree of freedom" in text
     assert pd.read_csv(out / "effects.csv")["p_value"].isna().all()
+
+
+def test_a_search_sweep_report_says_not_a_grid_and_keeps_the_importance(tmp_path: Path) -> None:
+    index = write_sweep(tmp_path, "search", _grid_trials(effect=0.003))
+    text = index.read_text()
+    index.write_text(text.replace("swept:", "design: search\nswept:", 1))
+    out = build_report(tmp_path, formats=("md",), figures=False) / "search"
+    marginals = (out / "marginals.md").read_text()
+    assert f"- Main effects not tested: {NOT_A_GRID}." in marginals
+    assert "## Parameter importance" in marginals
+    assert pd.read_csv(out / "effects.csv")["p_value"].isna().all()

@@ -18,7 +18,7 @@ from depthcore.sweep import (
     sweep_from_dict,
     trial_from_params,
 )
-from depthcore.trials import index_entry, swept_keys
+from depthcore.trials import index_entry, sweep_design, swept_keys
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
@@ -274,6 +274,15 @@ def test_index_entry_and_swept_keys() -> None:
         "status": "pending",
     }
     assert swept_keys(trials) == ["loss.photometric", "loss.alpha", "loss.beta", "loss.gamma"]
+
+
+@pytest.mark.parametrize(
+    ("name", "design"),
+    [("table2_grid", "grid"), ("table1_ssim_m", "trials"), ("optuna_ssim_a", "search")],
+)
+def test_the_index_records_how_trials_were_chosen(name: str, design: str) -> None:
+    """The report fits a factor model to grids and listed trials, never to a search."""
+    assert sweep_design(load(name).file) == design
 
 
 def test_optuna_sweep_has_no_fixed_trials_but_validates_samples() -> None:
