@@ -101,9 +101,12 @@ def test_an_arm_stopped_for_futility_is_claimed_when_a_later_look_says_so() -> N
     state = race(ARMS, "base", good_scores(finished), PLAN, measure, decide)
     assert state.arms["good"] == ArmState(2, "better", 1, measured=1)  # its seeds do not change
     assert state.arms["same"] == ArmState(3, "better", 1, measured=2)
+
+    def withdraw(histories, sampling, look, n_looks):  # type: ignore[no-untyped-def]
+        return {"good": "better" if look == 0 else "no difference", "same": "open"}
+
     with pytest.raises(ValueError, match="withdrew the claim"):
-        race(ARMS, "base", good_scores(finished), PLAN, measure,
-             lambda h, s, look, n: {"good": "better" if look == 0 else "no difference", "same": "open"})  # fmt: skip
+        race(ARMS, "base", good_scores(finished), PLAN, measure, withdraw)
 
 
 def test_measure_looks_repeats_the_race_s_looks_on_other_scores() -> None:
