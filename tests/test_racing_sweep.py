@@ -223,3 +223,35 @@ def test_a_many_arm_race_and_its_report_agree(tmp_path: Path, spending: str) -> 
     md = (tmp_path / "report" / "many" / "significance.md").read_text()
     assert "95% CI" not in md and "adjusted p (claim if ≤ 0.05)" in md and "| level" in md
     assert "Raced sweep" in md
+
+
+@pytest.mark.slow
+def test_a_race_halted_midway_is_reported_as_far_as_it_got(tmp_path: Path) -> None:
+    """Before the first look nothing is judged (and the report says why); midway through a
+    later round, the report judges every configuration on the looks the race has made."""
+    sweep = many_arms_sweep("obrien-fleming")
+    trials = expand(sweep)
+    by_run = {t.run_id: t for t in trials}
+    index = SweepIndex(sweep, tmp_path, trials)
+    state = index.race(trials)
+    for run_id in state.next_runs[:-1]:  # the last arm's second seed is missing
+        many_arms_train(by_run[run_id].config, store.run_path(tmp_path, run_id))
+    state = index.race(trials)
+    index.write()
+    build_report(tmp_path, out=tmp_path / "report", formats=("csv",), figures=False)
+    assert pd.read_csv(tmp_path / "report" / "many" / "significance.csv").empty
+    page = (tmp_path / "report" / "many" / "report.html").read_text()
+    assert "12 configuration(s) not judged yet" in page
+
+    many_arms_train(
+        by_run[state.next_runs[-1]].config, store.run_path(tmp_path, state.next_runs[-1])
+    )
+    state = index.race(trials)
+    assert state.next_runs  # the second look needs a third seed of the open arms
+    for run_id in state.next_runs[: len(state.next_runs) // 2]:
+        many_arms_train(by_run[run_id].config, store.run_path(tmp_path, run_id))
+    state = index.race(trials)
+    index.write()
+    assert "open" in {s.stop_reason for s in state.arms.values()}
+    rows = assert_report_is_the_race(tmp_path, "many", state, "abs_rel")
+    assert (rows["n_seeds"] == 2).all()  # only the first look has been made

@@ -195,10 +195,10 @@ def _significance(sig: pd.DataFrame, note: str, folder: Path) -> Section:
     store.write_text_atomic(folder / "significance.csv", sig.to_csv(index=False))
     section = Section("significance", "Difference to the baseline (seeds and images)")
     md = ["# Difference to the baseline\n"]
-    if note:
+    if note:  # why nothing was tested, or which configurations the rows leave out
         section.notes.append(note)
         md.append(note + "\n")
-    else:
+    if not sig.empty:
         view = views.significance_view(sig)
         section.tables.append(Table(views.plain_html(view, "significance"), legend=SIG_LEGEND))
         reading = how_to_read(sig)

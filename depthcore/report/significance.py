@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import pandas as pd
@@ -708,15 +708,7 @@ def _plain_family(data: SweepData, baseline: str, others: pd.DataFrame) -> _Fami
 def _raced_family(data: SweepData, baseline: str, others: pd.DataFrame) -> _Family:
     """Replay the race on the sweep's metric (the same `race_rules` the sweep ran), then measure
     every metric at the looks the race measured each configuration at."""
-    settings = data.race or {}
-    rule = RaceRule(
-        start=int(settings["start"]),
-        max_seeds=int(settings["max"]),
-        lower_is_better=LOWER_IS_BETTER[data.metric],
-        level=float(settings.get("level", LEVEL)),
-        spending=settings.get("spending", "bonferroni"),
-        margin=settings.get("margin"),
-    )
+    rule = _race_rule(data.race or {}, data.metric)
     plan = SeedPlan(rule.start, rule.max_seeds)
     # Every configuration of the index, finished or not: the race waits for all of them.
     keys = [baseline, *(k for k in dict.fromkeys(data.runs["config"]) if k != baseline)]
@@ -748,6 +740,26 @@ def _raced_family(data: SweepData, baseline: str, others: pd.DataFrame) -> _Fami
     return _Family(
         [a for a in family if a.race and a.race.measured], rule.fractions(), rule.alpha, note
     )
+
+
+def _race_rule(settings: Mapping[str, Any], metric: str) -> RaceRule:
+    """The sweep index's `seeds: {start, max, level, spending, margin}` as a rule; ValueError
+    naming the setting when the index holds something else."""
+    try:
+        spending = settings.get("spending", "bonferroni")
+        if spending not in ("bonferroni", "obrien-fleming"):
+            raise ValueError(f"spending {spending!r}")
+        margin = settings.get("margin")
+        return RaceRule(
+            start=int(settings["start"]),
+            max_seeds=int(settings["max"]),
+            lower_is_better=LOWER_IS_BETTER[metric],
+            level=float(settings.get("level", LEVEL)),
+            spending=spending,
+            margin=None if margin is None else float(margin),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the sweep index's seeds: {dict(settings)} ({exc})") from exc
 
 
 def _seed_order(runs: pd.DataFrame, config: str, most: int) -> list[str]:
