@@ -160,7 +160,7 @@ def _values_list(value: Any) -> Any:
 class AdaptiveSeeds(_Strict):
     """`seeds: {start, max}`: race every trial against the baseline, one more seed per round.
 
-    The race stops a trial when `depthcore.report.significance.race_decision` decides it; seeds are
+    The race stops a trial when `depthcore.report.significance.race_rules` decides it; seeds are
     `first`, `first + 1`, ... (default `first`: the base config's train.seed), so a later sweep
     with a larger `max` continues with the same runs.
     """

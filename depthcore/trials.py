@@ -401,44 +401,36 @@ def _plain(value: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 # Adaptive seeds: the race over the run folders (the statistics: depthcore.report.significance)
 
-# race_decision's outcomes -> the race's stop reasons (depthcore.racing.DECIDED)
-_RACE_STOPS = {"better": "better", "worse": "worse", "no difference": "no difference"}
-
 
 def race_state(sweep: Sweep, results: str | Path, trials: Sequence[Trial]) -> RaceState:
     """Replay the sweep's race over its finished runs: each arm's seeds and stop reason, and the
-    runs to train next (empty when every arm is decided or at max seeds)."""
+    runs to train next (empty when every arm is decided or at max seeds). The report replays it
+    with the same rule (depthcore.report.significance), so its verdicts are these decisions."""
     settings = sweep.file.adaptive
     if settings is None:
         raise ValueError(f"sweep {sweep.name!r} has no adaptive seeds (seeds: {{start, max}})")
-    from depthcore.report.significance import race_decision  # scipy: only when racing
+    # scipy and pandas: only when racing
+    from depthcore.report.significance import RaceRule, finished_per_image, race_rules
 
     arms: dict[str, list[str]] = {}
     for trial in trials:
         arms.setdefault(trial.arm, []).append(trial.run_id)
     baseline = next(t.arm for t in trials if t.role == "baseline")
-    lower = sweep.file.resolved_mode == "min"
+    rule = RaceRule(
+        start=settings.start,
+        max_seeds=settings.max,
+        lower_is_better=sweep.file.resolved_mode == "min",
+        level=settings.level,
+        spending=settings.spending,
+        margin=settings.margin,
+    )
 
     @functools.cache
     def scores(run_id: str) -> np.ndarray | None:
-        run_dir = store.run_path(results, run_id)
-        table = store.read_per_image(run_dir) if store.read_final(run_dir) else None
+        table = finished_per_image(store.run_path(results, run_id))
         return None if table is None else table[sweep.file.metric].to_numpy()
 
-    def decide(base: np.ndarray, cand: np.ndarray, look: int, n_looks: int) -> str:
-        verdict = race_decision(
-            base,
-            cand,
-            start=settings.start,
-            max_seeds=settings.max,
-            lower_is_better=lower,
-            level=settings.level,
-            spending=settings.spending,
-            margin=settings.margin,
-        )
-        return _RACE_STOPS.get(verdict, "open")
-
-    return race(arms, baseline, scores, settings.plan, decide)
+    return race(arms, baseline, scores, settings.plan, *race_rules(rule))
 
 
 def raced_trials(trials: Sequence[Trial], state: RaceState) -> list[Trial]:

@@ -1,4 +1,5 @@
-"""Adaptive seeds end to end: a raced sweep on Ray with a stand-in engine, then its report.
+"""Adaptive seeds end to end: a raced sweep on Ray with a stand-in engine, then its report; and a
+race over many arms in this process, whose decisions its report must print.
 
 The stand-in writes the engine's files (config.yaml, per_image.csv, final.json) with per-image
 abs_rel = image difficulty + the arm's shift + a seed effect, so the arm `good` is far better
@@ -7,6 +8,7 @@ than the baseline and the arm `same` is the baseline under other seeds (an A/A a
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,9 @@ from depthcore import store
 from depthcore.metrics import METRIC_NAMES
 from depthcore.report import build_report
 from depthcore.report.loading import load_sweep_results
+from depthcore.report.significance import look_fractions
 from depthcore.sweep import expand, sweep_from_dict
-from depthcore.trials import race_state
+from depthcore.trials import SweepIndex, race_state
 from depthcore.tuning import run_sweep
 
 ATTEMPTS = "attempts.jsonl"
@@ -119,3 +122,136 @@ def test_a_race_adds_seeds_only_to_open_trials_resumes_and_reports_why_it_stoppe
     assert bool(abs_rel.loc["good", "significant"])
     assert not bool(abs_rel.loc["same", "significant"])  # the A/A arm claims nothing
     assert int(abs_rel.loc["same", "seeds_run"]) == n_same
+    assert_report_is_the_race(tmp_path, "race", state, "abs_rel")
+
+
+# ----------------------------------------------------------------------------------------------
+# Many arms, raced in this process (the race's own bookkeeping, no Ray), then reported
+
+# optim.lr -> abs_rel shift: 10 arms equal to the baseline (A/A), one better, one worse.
+AA_ARMS = 10
+AA_LR = [round(1e-4 * (10 + i), 8) for i in range(AA_ARMS)]
+MANY_SHIFT = {1e-4: 0.0, 2e-4: -0.02, 3e-4: 0.02} | dict.fromkeys(AA_LR, 0.0)
+
+
+def many_arms_train(cfg: Any, run_dir: Path) -> None:
+    """The engine's result files for one run: per-image abs_rel = image difficulty + the arm's
+    shift + a seed effect (sd 0.004) + image noise, the noise drawn from the run id."""
+    difficulty = np.random.default_rng(0).uniform(0.1, 0.3, N_IMAGES)
+    noise = np.random.default_rng(zlib.crc32(cfg.run_id().encode()))
+    value = difficulty + MANY_SHIFT[round(cfg.optim.lr, 8)] + noise.normal(0, 0.004)
+    value = value + noise.normal(0, 0.002, N_IMAGES)
+    run_dir.mkdir(parents=True)
+    store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
+    rows = [{"image": i, "scale": 0, **dict.fromkeys(METRIC_NAMES, v)} for i, v in enumerate(value)]
+    store.write_per_image(run_dir, rows)
+    metrics = dict.fromkeys(METRIC_NAMES, float(value.mean()))
+    final = {"status": "finished", "metrics": metrics, "epochs": 1, "run_id": cfg.run_id()}
+    store.write_json_atomic(run_dir / store.FINAL_FILE, final)
+
+
+def many_arms_sweep(spending: str) -> Any:
+    trials = [
+        {"label": "baseline", "role": "baseline", "optim.lr": 1e-4},
+        {"label": "good", "optim.lr": 2e-4},
+        {"label": "bad", "optim.lr": 3e-4},
+    ] + [{"label": f"aa{i}", "optim.lr": lr} for i, lr in enumerate(AA_LR)]
+    return sweep_from_dict(
+        {
+            "name": "many",
+            "base": {"model": {"pretrained": False}, "train": {"seed": 10, "device": "cpu"}},
+            "trials": trials,
+            "seeds": {"start": 2, "max": 6, "spending": spending},
+        }
+    )
+
+
+def assert_report_is_the_race(results: Path, name: str, state: Any, metric: str) -> pd.DataFrame:
+    """Every claim the race made is the report's verdict on `metric`, and every claim the
+    report makes there is the race's; each row's interval excludes 0 exactly where it claims."""
+    build_report(results, out=results / "report", formats=("csv", "md"), figures=False)
+    table = pd.read_csv(results / "report" / name / "significance.csv")
+    rows = table[table["metric"] == metric].set_index("name")
+    arms = {arm: s for arm, s in state.arms.items() if s.stop_reason != "baseline"}
+    assert set(rows.index) == set(arms)
+    for arm, arm_state in arms.items():
+        row = rows.loc[arm]
+        race_claim = arm_state.stop_reason if arm_state.stop_reason in ("better", "worse") else None
+        report_claim = row["verdict"].split(" ")[0] if row["significant"] else None
+        assert race_claim == report_claim, (arm, arm_state, row.to_dict())
+        assert (row["stop_reason"], row["seeds_run"]) == (
+            arm_state.stop_reason,
+            arm_state.seeds_run,
+        )
+        assert row["n_seeds"] == row["n_seeds_baseline"] <= arm_state.seeds_run
+    tested = table[table["p_sequential"].notna()]
+    excludes = (tested["ci_low"] > 0) | (tested["ci_high"] < 0)
+    assert (excludes == tested["significant"].astype(bool)).all()
+    assert ((tested["p_adjusted"] <= tested["alpha"]) == tested["significant"]).all()
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spending", ["bonferroni", "obrien-fleming"])
+def test_a_many_arm_race_and_its_report_agree(tmp_path: Path, spending: str) -> None:
+    """12 arms against one baseline (10 A/A, one better, one worse), raced to the end from the
+    run folders; the report replays the race and prints its decisions."""
+    sweep = many_arms_sweep(spending)
+    trials = expand(sweep)
+    by_run = {t.run_id: t for t in trials}
+    index = SweepIndex(sweep, tmp_path, trials)
+    for _ in range(6):
+        state = index.race(trials)
+        index.write()
+        if state.finished:
+            break
+        for run_id in state.next_runs:
+            many_arms_train(by_run[run_id].config, store.run_path(tmp_path, run_id))
+    assert state.finished
+    claims = {
+        a: s.stop_reason for a, s in state.arms.items() if s.stop_reason in ("better", "worse")
+    }
+    assert claims == {"good": "better", "bad": "worse"}  # and no A/A arm
+    assert state == race_state(sweep, tmp_path, trials)  # a rerun replays the same race
+    rows = assert_report_is_the_race(tmp_path, "many", state, "abs_rel")
+    assert rows.loc["good", "verdict"] == "better (seeds and images)"
+    # An unclaimed arm is held to 0.05 / 10 (12 arms, 2 claimed), times its look's share.
+    share = look_fractions(2, 6, spending=spending)  # type: ignore[arg-type]
+    for arm in (f"aa{i}" for i in range(AA_ARMS)):
+        look = int(rows.loc[arm, "n_seeds"]) - 2
+        assert rows.loc[arm, "level"] == pytest.approx(1 - 0.05 / 10 * share[look])
+    md = (tmp_path / "report" / "many" / "significance.md").read_text()
+    assert "95% CI" not in md and "adjusted p (claim if ≤ 0.05)" in md and "| level" in md
+    assert "Raced sweep" in md
+
+
+@pytest.mark.slow
+def test_a_race_halted_midway_is_reported_as_far_as_it_got(tmp_path: Path) -> None:
+    """Before the first look nothing is judged (and the report says why); midway through a
+    later round, the report judges every configuration on the looks the race has made."""
+    sweep = many_arms_sweep("obrien-fleming")
+    trials = expand(sweep)
+    by_run = {t.run_id: t for t in trials}
+    index = SweepIndex(sweep, tmp_path, trials)
+    state = index.race(trials)
+    for run_id in state.next_runs[:-1]:  # the last arm's second seed is missing
+        many_arms_train(by_run[run_id].config, store.run_path(tmp_path, run_id))
+    state = index.race(trials)
+    index.write()
+    build_report(tmp_path, out=tmp_path / "report", formats=("csv",), figures=False)
+    assert pd.read_csv(tmp_path / "report" / "many" / "significance.csv").empty
+    page = (tmp_path / "report" / "many" / "report.html").read_text()
+    assert "12 configuration(s) not judged yet" in page
+
+    many_arms_train(
+        by_run[state.next_runs[-1]].config, store.run_path(tmp_path, state.next_runs[-1])
+    )
+    state = index.race(trials)
+    assert state.next_runs  # the second look needs a third seed of the open arms
+    for run_id in state.next_runs[: len(state.next_runs) // 2]:
+        many_arms_train(by_run[run_id].config, store.run_path(tmp_path, run_id))
+    state = index.race(trials)
+    index.write()
+    assert "open" in {s.stop_reason for s in state.arms.values()}
+    rows = assert_report_is_the_race(tmp_path, "many", state, "abs_rel")
+    assert (rows["n_seeds"] == 2).all()  # only the first look has been made

@@ -203,10 +203,10 @@ def _significance(sig: pd.DataFrame, note: str, folder: Path) -> Section:
     store.write_text_atomic(folder / "significance.csv", sig.to_csv(index=False))
     section = Section("significance", "Difference to the baseline (seeds and images)")
     md = ["# Difference to the baseline\n"]
-    if note:
+    if note:  # why nothing was tested, or which configurations the rows leave out
         section.notes.append(note)
         md.append(note + "\n")
-    else:
+    if not sig.empty:
         view = views.significance_view(sig)
         section.tables.append(Table(views.plain_html(view, "significance"), legend=SIG_LEGEND))
         reading = how_to_read(sig)
@@ -218,10 +218,24 @@ def _significance(sig: pd.DataFrame, note: str, folder: Path) -> Section:
 
 
 def how_to_read(sig: pd.DataFrame) -> list[str]:
-    """Plain sentences for the significance section: seeds per row, what the interval covers, and
-    how many seeds the rows would need."""
+    """Plain sentences for the significance section: seeds per row, what the interval covers, at
+    which level each row was judged and why, and how many seeds the rows would need."""
     seeds = sorted(set(zip(sig["n_seeds"], sig["n_seeds_baseline"], strict=True)))
     counts = ", ".join(f"{a} vs {b}" for a, b in seeds)
+    alpha = float(sig["alpha"].iloc[0])
+    family = sig.groupby("metric")["p_sequential"].count().max()
+    raced = "stop_reason" in sig and sig["stop_reason"].notna().any()
+    judged = (
+        f"Per metric the {family} tested configurations are one family: a difference is claimed "
+        f"where the adjusted p (Holm over the configurations) is at most {alpha:g}, so the "
+        f"chance of any false claim per metric stays at most {alpha:g}. 'level' is the level "
+        f"the row was judged at, 1 - {alpha:g}/k at Holm's step with k configurations left"
+        f"{' times its look share' if raced else ''}; the interval is at that level and "
+        "excludes 0 exactly where a difference is claimed ('p' is the row's own test; a "
+        "lone 95% test is significance.csv's significant_unadjusted)."
+        if family
+        else f"No row has 2+ seeds on both sides: nothing is tested, 'level' is {1 - alpha:g}."
+    )
     lines = [
         f"Seeds per row (configuration vs baseline): {counts}. A row with 1 seed on either side "
         "cannot test training variance and never claims a difference.",
@@ -229,15 +243,23 @@ def how_to_read(sig: pd.DataFrame) -> list[str]:
         "variance: each run is averaged over the images both sides scored, and a Welch t "
         "interval is put on the difference of the seed means. 1-seed rows show an interval "
         "over test images only.",
-        "A difference is claimed only where its p-value survives Holm's adjustment over the "
-        "sweep's configurations (per metric); the unadjusted flag is in significance.csv.",
+        judged,
     ]
+    if raced:
+        lines.append(
+            "Raced sweep: each row uses the seeds of the look its verdict rests on (the race's "
+            "own seeds, the baseline's included), and its p-value enters Holm divided by that "
+            "look's share of the error rate (the smallest over the looks). On the sweep's "
+            "metric the verdicts are the race's decisions ('stopped'): the report replays the "
+            "race from the run folders with the same rule."
+        )
     needed = sig.loc[~sig["significant"].astype(bool), "seeds_needed"].dropna()
     if len(needed):
         lines.append(
-            "'seeds to resolve': seeds per side a 95% test needs to detect a difference of the "
-            "row's size with 80% power, from the measured seed spread; rows without a claim "
-            f"need {int(needed.min())} to {int(needed.max())}"
+            "'seeds to resolve': seeds per side a test with fixed seeds at the row's Holm level "
+            f"(1 - {alpha:g}/k) needs to detect a difference of the row's size with 80% power, "
+            "from the measured seed spread; rows without a claim need "
+            f"{int(needed.min())} to {int(needed.max())}"
             f"{'' if needed.max() < SEEDS_LIMIT else ' or more'}."
         )
     else:
@@ -322,10 +344,13 @@ EFFECTS_NOTE = (
 IMPORTANCE_CAPTION = "Parameter importance (Optuna PED-ANOVA, normalised per metric)"
 SIG_LEGEND = (
     "Per-image metrics (scale 0) of each run, paired by image with the baseline; difference of "
-    "the configuration's and the baseline's means with its 95% interval (Welch t on seed means; "
-    "images only with 1 seed). P(seed better): chance a random seed of the configuration beats a "
-    "random seed of the baseline. Verdicts are Holm-adjusted over the configurations; † marks an "
-    "improvement that is not claimed."
+    "the configuration's and the baseline's means with its interval at the row's level (Welch t "
+    "on seed means; images only with 1 seed). Level: where the row was judged, 1 - alpha/k at "
+    "Holm's step with k configurations left (for a raced sweep times the share of its look). "
+    "P(seed better): chance a random seed of the configuration beats a random seed of the "
+    "baseline. p: the row's own test; adjusted p: Holm over the configurations (and the race's "
+    "looks), a difference is claimed where it is at most the threshold in its header. † marks "
+    "an improvement that is not claimed."
 )
 MARGINALS_NOTE = (
     "Unit: one configuration (seeds averaged); the baseline is left out. Cells: mean ± std over "

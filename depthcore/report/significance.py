@@ -8,14 +8,19 @@ of the arm means of those seed-level means, so the interval covers seed and test
 With fewer than 2 seeds in an arm the training variance cannot be estimated: the interval is the
 image-only one and no difference is ever claimed.
 
-The racing functions (`look_levels`, `race_level`, `race_decision`) are pure: the sweep runner
-feeds them the per-image metrics after each round of seeds.
+Many configurations are one family per metric: each has a sequential p-value over its looks
+(one look without racing) and Holm across configurations gives the verdicts (`family_verdicts`).
+The race (`race_rules`, `race_verdicts`) applies that same judgement after every round of seeds,
+and the report replays the race from the run folders, so the two agree (docs/statistics.md).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -24,6 +29,7 @@ from scipy import stats
 
 from depthcore import store
 from depthcore.metrics import LOWER_IS_BETTER, METRIC_NAMES
+from depthcore.racing import ArmState, SeedPlan, measure_looks, race
 from depthcore.report.loading import BASELINE, SweepData
 
 LEVEL = 0.95
@@ -63,6 +69,10 @@ COLUMNS = (
     "ci_high",
     "level",
     "p_value",
+    "p_sequential",
+    "p_adjusted",
+    "alpha",
+    "holm_level",
     "p_improve",
     "seed_sd",
     "seeds_needed",
@@ -175,17 +185,32 @@ def _welch(
     means_b: np.ndarray, means_c: np.ndarray, level: float
 ) -> tuple[float, float, float, float, float, str]:
     """Interval, two-sided p, se, Welch-Satterthwaite df and method of mean(c) - mean(b)."""
-    diff = float(means_c.mean() - means_b.mean())
-    var_b = means_b.var(ddof=1) / len(means_b)
-    var_c = means_c.var(ddof=1) / len(means_c)
-    se = math.sqrt(var_b + var_c)
+    diff, se, df, p_value = (float(v) for v in welch_t(means_b, means_c))
     if se == 0:
         # Identical seeds within each arm (training ignores the seed): the difference is exact.
-        return diff, diff, float(diff == 0), 0.0, math.inf, ZERO_SPREAD
-    df = (var_b + var_c) ** 2 / (var_b**2 / (len(means_b) - 1) + var_c**2 / (len(means_c) - 1))
+        return diff, diff, p_value, 0.0, math.inf, ZERO_SPREAD
     half = float(stats.t.ppf((1 + level) / 2, df)) * se
-    p_value = float(2 * stats.t.sf(abs(diff) / se, df))
-    return diff - half, diff + half, p_value, se, float(df), WELCH
+    return diff - half, diff + half, p_value, se, df, WELCH
+
+
+def welch_t(
+    means_b: np.ndarray, means_c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """diff, se, Welch-Satterthwaite df and two-sided p of mean(c) - mean(b) over the last axis
+    (seed means, 2+ per arm); leading axes are separate comparisons (the simulations batch them).
+    With no spread in either arm the difference is exact: se 0, df inf, p 1 if it is 0, else 0."""
+    n_b, n_c = means_b.shape[-1], means_c.shape[-1]
+    diff = means_c.mean(axis=-1) - means_b.mean(axis=-1)
+    var_b = means_b.var(axis=-1, ddof=1) / n_b
+    var_c = means_c.var(axis=-1, ddof=1) / n_c
+    se = np.sqrt(var_b + var_c)
+    zero = se == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (var_b + var_c) ** 2 / (var_b**2 / (n_b - 1) + var_c**2 / (n_c - 1))
+        p_value = 2 * stats.t.sf(np.abs(diff) / se, df)
+    df = np.where(zero, np.inf, df)
+    p_value = np.where(zero, (diff == 0).astype(float), p_value)
+    return diff, se, df, p_value
 
 
 def _images_only(
@@ -223,16 +248,32 @@ def holm(p_values: np.ndarray | list[float], alpha: float) -> np.ndarray:
 
     NaN p-values (untested, e.g. one seed) are never rejected and do not enlarge the family.
     """
-    p = np.asarray(p_values, dtype=np.float64).ravel()
-    tested = np.flatnonzero(np.isfinite(p))
-    order = tested[np.argsort(p[tested], kind="stable")]
-    limits = alpha / (len(order) - np.arange(len(order)))
-    passed = p[order] <= limits
-    # Step-down: everything after the first failure is kept, whatever its p-value.
-    count = len(order) if passed.all() else int(np.argmin(passed))
-    rejected = np.zeros(len(p), dtype=bool)
-    rejected[order[:count]] = True
-    return rejected
+    return holm_steps(np.asarray(p_values, dtype=np.float64).ravel(), alpha)[0]
+
+
+def holm_steps(p_values: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Holm over the last axis (leading axes: separate families): (rejected, adjusted p, level).
+
+    adjusted: Holm's adjusted p-values (rejected exactly where adjusted <= alpha); level: the
+    error rate each hypothesis was compared with, alpha / (m - i) at its step i for a rejected
+    one, and for the others the step where the procedure stopped (every unrejected p-value is
+    above it). NaN p-values are untested: never rejected, not counted in m, NaN out.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    tested = np.isfinite(p)
+    m = tested.sum(axis=-1, keepdims=True)
+    order = np.argsort(np.where(tested, p, np.inf), axis=-1, kind="stable")
+    ranked = np.take_along_axis(np.where(tested, p, np.inf), order, axis=-1)
+    left = np.maximum(m - np.arange(p.shape[-1]), 1)  # hypotheses not yet rejected at each step
+    passed = np.logical_and.accumulate(ranked <= alpha / left, axis=-1)
+    stopped = np.maximum(m - passed.sum(axis=-1, keepdims=True), 1)
+    ranked_level = np.where(passed, alpha / left, alpha / stopped)
+    ranked_adjusted = np.maximum.accumulate(np.minimum(left * ranked, 1.0), axis=-1)
+    out = [np.empty_like(p, dtype=bool), np.empty_like(p), np.empty_like(p)]
+    for target, ranked_values in zip(out, (passed, ranked_adjusted, ranked_level), strict=True):
+        np.put_along_axis(target, order, ranked_values, axis=-1)
+    rejected, adjusted, level = out
+    return rejected & tested, np.where(tested, adjusted, np.nan), np.where(tested, level, np.nan)
 
 
 def seeds_needed(
@@ -269,6 +310,10 @@ def seeds_needed(
 
 # ----------------------------------------------------------------------------------------------
 # Racing: seeds added one per round from `start` to `max_seeds`; K = max_seeds - start + 1 looks.
+# Every configuration of the sweep (an arm) races against the same baseline, and the family of
+# arms is judged together: an arm's sequential p-value (its looks' p-values, each divided by its
+# look's share of the error rate, the smallest of them) enters Holm across the arms. The report
+# applies the same `family_verdicts` to the same looks, so a race's claims are the report's.
 
 
 def look_levels(
@@ -295,6 +340,14 @@ def look_levels(
     return np.diff(spent, prepend=0.0)
 
 
+def look_fractions(
+    start: int, max_seeds: int, level: float = LEVEL, spending: Spending = "bonferroni"
+) -> np.ndarray:
+    """Each look's share f_k of the error rate (they sum to 1): look_levels / (1 - level). An
+    arm held to error rate a (its Holm step) is tested at look k at a * f_k."""
+    return look_levels(start, max_seeds, level, spending) / (1 - level)
+
+
 def race_level(
     n_seeds: int,
     start: int,
@@ -302,11 +355,228 @@ def race_level(
     level: float = LEVEL,
     spending: Spending = "bonferroni",
 ) -> float:
-    """The confidence level of the look a raced trial with `n_seeds` seeds is at: the report's
-    verdict on that trial must use it, or the last look would be tested at the unadjusted level."""
+    """The confidence level of the look with `n_seeds` seeds for a race of one arm (a family of
+    one: Holm's first step is the whole error rate). With more arms see `family_verdicts`."""
     if not start <= n_seeds <= max_seeds:
         raise ValueError(f"{n_seeds} seeds is outside the race's looks {start}..{max_seeds}")
     return float(1 - look_levels(start, max_seeds, level, spending)[n_seeds - start])
+
+
+@dataclass(frozen=True)
+class RaceRule:
+    """A sweep's `seeds: {start, max, level, spending, margin}` and its metric's direction."""
+
+    start: int
+    max_seeds: int
+    lower_is_better: bool
+    level: float = LEVEL
+    spending: Spending = "bonferroni"
+    margin: float | None = None
+
+    @property
+    def looks(self) -> int:
+        return self.max_seeds - self.start + 1
+
+    @property
+    def alpha(self) -> float:
+        return 1 - self.level
+
+    def fractions(self) -> np.ndarray:
+        return look_fractions(self.start, self.max_seeds, self.level, self.spending)
+
+
+@dataclass(frozen=True)
+class FamilyVerdicts:
+    """Verdicts on a family of arms (arrays over arms; leading axes: separate families).
+
+    claimed: Holm rejects the arm's sequential p-value at the family's error rate.
+    improved: the direction at the look the arm is judged at (`look`, -1 where untested).
+    p_sequential: min over the arm's looks of p_k / f_k (capped at 1): under no difference
+        P(p_sequential <= a) <= sum_k a f_k = a, whatever the looks' correlation and whenever
+        the arm stopped, so it is a valid p-value for Holm.
+    p_adjusted: Holm's adjusted p-value of p_sequential (claimed exactly where <= alpha).
+    holm_level: the error rate a the arm was held to (its Holm step); its look's test ran at
+        a * f_look, and the interval at that level excludes 0 exactly where the arm is claimed.
+    next_level: (..., 1) the Holm level an unclaimed arm is held to now, alpha / (m - claims).
+    """
+
+    claimed: np.ndarray
+    improved: np.ndarray
+    look: np.ndarray
+    p_sequential: np.ndarray
+    p_adjusted: np.ndarray
+    holm_level: np.ndarray
+    next_level: np.ndarray
+
+
+def family_verdicts(
+    p_values: np.ndarray,
+    diffs: np.ndarray,
+    fractions: np.ndarray,
+    alpha: float,
+    *,
+    lower_is_better: bool,
+) -> FamilyVerdicts:
+    """Judge a family of arms from their looks: Holm over the arms' sequential p-values.
+
+    Args:
+        p_values, diffs: (..., arms, looks) two-sided p and difference of each arm at each look
+            (look k uses the first start + k seeds of the arm and of the baseline); NaN where the
+            arm was not measured or not tested (1 seed).
+        fractions: each look's share of the error rate (`look_fractions`; [1.] without racing).
+        alpha: the family-wise error rate (1 - level).
+    """
+    looks = p_values.shape[-1]
+    ratio = p_values / np.asarray(fractions, dtype=np.float64)[:looks]
+    key = np.where(np.isfinite(ratio), ratio, np.inf)
+    # The latest look among ties: the verdict rests on the most seeds that give it.
+    last = looks - 1 - np.argmin(key[..., ::-1], axis=-1)
+    p_seq = np.take_along_axis(key, last[..., None], axis=-1)[..., 0]
+    tested = np.isfinite(p_seq)
+    p_seq = np.where(tested, np.minimum(p_seq, 1.0), np.nan)
+    diff = np.take_along_axis(diffs, last[..., None], axis=-1)[..., 0]
+    improved = diff < 0 if lower_is_better else diff > 0
+    claimed, adjusted, holm_level = holm_steps(p_seq, alpha)
+    remaining = tested.sum(axis=-1, keepdims=True) - claimed.sum(axis=-1, keepdims=True)
+    return FamilyVerdicts(
+        claimed=claimed,
+        improved=improved & tested,
+        look=np.where(tested, last, -1),
+        p_sequential=p_seq,
+        p_adjusted=adjusted,
+        holm_level=holm_level,
+        next_level=alpha / np.maximum(remaining, 1),
+    )
+
+
+@dataclass(frozen=True)
+class LookStats:
+    """Every arm at the current look (arrays over arms; leading axes allowed): what the stopping
+    rules read besides the p-values."""
+
+    diff: np.ndarray
+    se: np.ndarray
+    df: np.ndarray
+    welch: np.ndarray  # a t test on 2+ seeds per side with seed spread
+    n_seeds: np.ndarray
+    n_seeds_baseline: np.ndarray
+
+    @classmethod
+    def of(cls, results: Sequence[Comparison]) -> LookStats:
+        def column(key: str) -> np.ndarray:
+            return np.array([getattr(r, key) for r in results], dtype=np.float64)
+
+        return cls(
+            diff=column("diff"),
+            se=column("se"),
+            df=column("df"),
+            welch=np.array([r.method == WELCH for r in results], dtype=bool),
+            n_seeds=column("n_seeds"),
+            n_seeds_baseline=column("n_seeds_baseline"),
+        )
+
+
+# race_verdicts' codes, and what they mean to `race_decision` and to `depthcore.racing`.
+OPEN, BETTER_CODE, WORSE_CODE, NO_DIFFERENCE_CODE, MAX_CODE, STOPPED = range(6)
+OUTCOMES: Final = (RACE_OPEN, RACE_BETTER, RACE_WORSE, RACE_NO_DIFFERENCE, RACE_MAX, "stopped")
+RACE_WORDS: Final = ("open", "better", "worse", "no difference", "open", "no difference")
+
+
+def race_verdicts(
+    p_values: np.ndarray,
+    diffs: np.ndarray,
+    current: LookStats,
+    sampling: np.ndarray,
+    rule: RaceRule,
+) -> tuple[np.ndarray, FamilyVerdicts]:
+    """The race's decision after a look: a code (OUTCOMES) per arm, and the family's verdicts.
+
+    Args:
+        p_values, diffs: (..., arms, looks so far) as for `family_verdicts`; the last look is the
+            current one.
+        current: the current look of every arm (rows of arms no longer sampling are not read).
+        sampling: (..., arms) the arms measured at this look.
+    Rules, in order: claimed by `family_verdicts` -> better / worse (an arm that stopped for
+    futility too: Holm's level rises as other arms are claimed); an arm sampling at the last look
+    -> max seeds; no difference (`_no_difference`) -> stops; otherwise open.
+    """
+    look = p_values.shape[-1] - 1
+    if look >= rule.looks:
+        raise ValueError(f"look {look} is past the race's last look {rule.looks - 1}")
+    family = family_verdicts(
+        p_values, diffs, rule.fractions(), rule.alpha, lower_is_better=rule.lower_is_better
+    )
+    level = np.where(np.isfinite(family.holm_level), family.holm_level, family.next_level)
+    if look == rule.looks - 1:
+        undecided = np.full(sampling.shape, MAX_CODE)
+    else:
+        stop = _no_difference(current, level, look, rule)
+        undecided = np.where(stop, NO_DIFFERENCE_CODE, OPEN)
+    codes = np.where(sampling, undecided, STOPPED)
+    claims = np.where(family.improved, BETTER_CODE, WORSE_CODE)
+    return np.where(family.claimed, claims, codes), family
+
+
+def _no_difference(current: LookStats, level: np.ndarray, look: int, rule: RaceRule) -> np.ndarray:
+    """Futility, or equivalence within `margin`, for arms held to error rate `level` (Holm's).
+
+    Futility: even an optimistic projection cannot reach the last look's boundary at this
+    level: the difference moved to the far end of its 80% interval (t quantile 0.9 at this look's
+    df, away from 0), with the standard error shrunk to max_seeds seeds per arm, gives |t| below
+    the critical t of the last look (at level * f_last, 2 max - 2 df). Equivalence: the interval
+    at this look's level (level * f_look) lies inside (-margin, +margin).
+    """
+    fractions = rule.fractions()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        critical = stats.t.ppf(1 - level * fractions[-1] / 2, 2 * rule.max_seeds - 2)
+        n_base = np.maximum(current.n_seeds_baseline, rule.max_seeds)
+        # Optimistic: the standard error shrinks as much as the faster-shrinking arm's term would.
+        shrink = np.sqrt(
+            np.minimum(current.n_seeds / rule.max_seeds, current.n_seeds_baseline / n_base)
+        )
+        spread = stats.t.ppf(FUTILITY_QUANTILE, current.df) * current.se
+        optimistic = (np.abs(current.diff) + spread) / (current.se * shrink)
+        futile = current.welch & (optimistic < critical)
+        if rule.margin is None:
+            return futile
+        half = stats.t.ppf(1 - level * fractions[look] / 2, current.df) * current.se
+        low, high = current.diff - half, current.diff + half
+        inside = (-rule.margin < low) & (high < rule.margin)
+    return futile | inside
+
+
+def race_rules(
+    rule: RaceRule,
+) -> tuple[
+    Callable[[np.ndarray, np.ndarray], Comparison],
+    Callable[[Mapping[str, Sequence[Comparison]], Sequence[str], int, int], dict[str, str]],
+]:
+    """`depthcore.racing.race`'s measure and decide for this rule (the sweep runner's race and
+    the report's replay of it use these two)."""
+
+    def measure(baseline: np.ndarray, candidate: np.ndarray) -> Comparison:
+        return compare(baseline, candidate, lower_is_better=rule.lower_is_better)
+
+    def decide(
+        histories: Mapping[str, Sequence[Comparison]],
+        sampling: Sequence[str],
+        look: int,
+        looks: int,
+    ) -> dict[str, str]:
+        if looks != rule.looks:
+            raise ValueError(f"the race has {looks} looks, its rule {rule.looks}")
+        names = [a for a in histories if histories[a]]
+        p_values = np.full((len(names), look + 1), np.nan)
+        diffs = np.full_like(p_values, np.nan)
+        for i, name in enumerate(names):
+            for k, result in enumerate(histories[name]):
+                p_values[i, k], diffs[i, k] = result.p_value, result.diff
+        current = LookStats.of([histories[a][-1] for a in names])
+        mask = np.array([a in sampling for a in names], dtype=bool)
+        codes, _ = race_verdicts(p_values, diffs, current, mask, rule)
+        return {a: RACE_WORDS[int(c)] for a, c in zip(names, codes, strict=True)}
+
+    return measure, decide
 
 
 def race_decision(
@@ -320,52 +590,34 @@ def race_decision(
     spending: Spending = "bonferroni",
     margin: float | None = None,
 ) -> RaceOutcome:
-    """Where a raced trial stands after a round: decided, or open for one more seed.
+    """Where a race of one arm stands after a round: decided, or open for one more seed.
 
     The look is the candidate's seed count (start..max_seeds); the baseline may have more seeds.
-    Rules, in order:
-    1. better / worse: `compare` at `race_level` of this look excludes 0.
-    2. at max_seeds: "no difference shown (max seeds)".
-    3. no difference (futility), either of:
-       - `margin` given and the look's interval lies inside (-margin, +margin);
-       - even an optimistic projection cannot reach the last look's boundary: the difference moved
-         to the far end of its 80% interval (t quantile 0.9 at this look's df, away from 0), with
-         the standard error shrunk to max_seeds seeds per arm, gives |t| below the last look's
-         critical t.
-    4. otherwise "open".
-    Stopping for no difference removes later chances to claim, so it only lowers the error rate.
+    Earlier looks are taken as not claimed (else the race would have stopped there). This is
+    `race_verdicts` for a family of one arm: better / worse where this look's test rejects at
+    alpha_k (`race_level`), "no difference shown (max seeds)" at max_seeds, "no difference" for
+    futility or equivalence (`_no_difference` at the whole error rate), else "open". A sweep
+    races all its arms together (`race_rules`): there each arm is held to its Holm level.
     """
     n_seeds = len(np.asarray(candidate))
-    look_level = race_level(n_seeds, start, max_seeds, level, spending)
-    result = compare(baseline, candidate, lower_is_better=lower_is_better, level=look_level)
-    if result.significant:
-        return RACE_BETTER if result.improved else RACE_WORSE
-    if n_seeds >= max_seeds:
-        return RACE_MAX
-    if margin is not None and -margin < result.ci_low and result.ci_high < margin:
-        return RACE_NO_DIFFERENCE
-    if _futile(result, n_seeds, max_seeds, level, start, spending):
-        return RACE_NO_DIFFERENCE
-    return RACE_OPEN
-
-
-def _futile(
-    result: Comparison, n_seeds: int, max_seeds: int, level: float, start: int, spending: Spending
-) -> bool:
-    if result.method != WELCH:
-        return False
-    n_base = max(result.n_seeds_baseline, max_seeds)
-    # Optimistic: the standard error shrinks as much as the faster-shrinking arm's term would.
-    shrink = math.sqrt(min(n_seeds / max_seeds, result.n_seeds_baseline / n_base))
-    final_df = 2 * max_seeds - 2
-    final_level = race_level(max_seeds, start, max_seeds, level, spending)
-    critical = float(stats.t.ppf((1 + final_level) / 2, final_df))
-    optimistic = abs(result.diff) + float(stats.t.ppf(FUTILITY_QUANTILE, result.df)) * result.se
-    return optimistic / (result.se * shrink) < critical
+    race_level(n_seeds, start, max_seeds, level, spending)  # checks the look exists
+    rule = RaceRule(start, max_seeds, lower_is_better, level, spending, margin)
+    result = compare(baseline, candidate, lower_is_better=lower_is_better)
+    p_values = np.full((1, n_seeds - start + 1), np.nan)
+    diffs = np.full_like(p_values, np.nan)
+    p_values[0, -1], diffs[0, -1] = result.p_value, result.diff
+    codes, _ = race_verdicts(p_values, diffs, LookStats.of([result]), np.array([True]), rule)
+    return OUTCOMES[int(codes[0])]  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------
 # The report's table
+
+
+def finished_per_image(run_dir: str | Path) -> pd.DataFrame | None:
+    """A finished run's per-image metrics (scale 0, in test order), else None: what the race and
+    the report's replay of it read."""
+    return store.read_per_image(run_dir) if store.read_final(run_dir) else None
 
 
 def run_matrix(runs: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.Index]:
@@ -384,11 +636,35 @@ def run_matrix(runs: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.Index]:
     return {m: np.stack([t[m].to_numpy() for t in aligned]) for m in METRIC_NAMES}, images
 
 
+# One look of one configuration on one metric: (baseline, candidate) per-image matrices.
+LookPair = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Arm:
+    config: pd.Series
+    looks: dict[str, list[LookPair]]  # metric -> the looks it is judged on (look 0, 1, ...)
+    race: ArmState | None = None
+
+
+@dataclass(frozen=True)
+class _Family:
+    """The configurations judged together, with the error rate and its split over looks."""
+
+    arms: list[_Arm]
+    fractions: np.ndarray
+    alpha: float
+    note: str = ""
+
+
 def significance(data: SweepData, configs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """One row per (configuration, metric) against the first baseline configuration.
 
-    `significant` is the Holm-adjusted verdict across the sweep's configurations per metric.
-    Returns the table (COLUMNS) and, when nothing could be tested, why.
+    Per metric the configurations are one family (`family_verdicts`): without racing, one look
+    on all seeds and Holm across configurations; for a raced sweep the race is replayed from the
+    run folders and each configuration is judged on the looks the race measured it at, so on the
+    sweep's metric the claims are the race's. Returns the table (COLUMNS) and a note: why
+    nothing could be tested, or what the rows leave out.
     """
     empty = pd.DataFrame(columns=list(COLUMNS))
     if data.source != "results":
@@ -396,114 +672,198 @@ def significance(data: SweepData, configs: pd.DataFrame) -> tuple[pd.DataFrame, 
     baselines = configs.loc[configs["role"] == BASELINE, "config"]
     if baselines.empty:
         return empty, "no baseline run (role 'baseline' in the sweep index) has finished"
-    base, base_images = run_matrix(data.runs[data.runs["config"] == baselines.iloc[0]])
-    if not base:
-        return empty, "the baseline has no readable per_image.csv (scale 0)"
-    rows = []
-    for _, config in configs[configs["config"] != baselines.iloc[0]].iterrows():
-        runs = data.runs[data.runs["config"] == config["config"]]
-        table, images = run_matrix(runs)
-        if table:
-            rows += _rows(config, runs, table, images, base, base_images, data.race)
-    if not rows:
-        return empty, "no configuration other than the baseline has readable per-image metrics"
-    return adjust(pd.DataFrame(rows, columns=list(COLUMNS))), ""
-
-
-def _rows(
-    config: pd.Series,
-    runs: pd.DataFrame,
-    table: dict[str, np.ndarray],
-    images: pd.Index,
-    base: dict[str, np.ndarray],
-    base_images: pd.Index,
-    race_settings: dict[str, Any] | None = None,
-) -> list[dict[str, object]]:
-    shared = images.intersection(base_images)
-    if len(shared) < 2:
-        return []
-    mine, theirs = images.get_indexer(shared), base_images.get_indexer(shared)
-    race = _race_info(runs)
-    rows = []
-    for metric in METRIC_NAMES:
-        cand, ref = table[metric][:, mine], base[metric][:, theirs]
-        level = _row_level(len(cand), race_settings)
+    others = configs[configs["config"] != baselines.iloc[0]]
+    if data.race:
         try:
-            result = compare(ref, cand, lower_is_better=LOWER_IS_BETTER[metric], level=level)
-        except ValueError:
-            continue  # no image scored in every run of both arms
-        kept = np.isfinite(ref).all(axis=0) & np.isfinite(cand).all(axis=0)
+            family = _raced_family(data, str(baselines.iloc[0]), others)
+        except ValueError as exc:
+            return empty, f"the race could not be replayed from the run folders: {exc}"
+    else:
+        family = _plain_family(data, str(baselines.iloc[0]), others)
+    rows = [row for metric in METRIC_NAMES for row in _metric_rows(family, metric)]
+    if not rows:
+        return empty, family.note or (
+            "no configuration other than the baseline has readable per-image metrics"
+        )
+    return pd.DataFrame(rows, columns=list(COLUMNS)), family.note
+
+
+def _plain_family(data: SweepData, baseline: str, others: pd.DataFrame) -> _Family:
+    """One look per configuration: all its seeds against all the baseline's."""
+    base, base_images = run_matrix(data.runs[data.runs["config"] == baseline])
+    if not base:
+        return _Family([], np.ones(1), 1 - LEVEL, "the baseline has no readable per_image.csv")
+    arms = []
+    for _, config in others.iterrows():
+        table, images = run_matrix(data.runs[data.runs["config"] == config["config"]])
+        shared = images.intersection(base_images)
+        if not table or len(shared) < 2:
+            continue
+        mine, theirs = images.get_indexer(shared), base_images.get_indexer(shared)
+        looks = {m: [(base[m][:, theirs], table[m][:, mine])] for m in METRIC_NAMES}
+        arms.append(_Arm(config, looks))
+    return _Family(arms, np.ones(1), 1 - LEVEL)
+
+
+def _raced_family(data: SweepData, baseline: str, others: pd.DataFrame) -> _Family:
+    """Replay the race on the sweep's metric (the same `race_rules` the sweep ran), then measure
+    every metric at the looks the race measured each configuration at."""
+    rule = _race_rule(data.race or {}, data.metric)
+    plan = SeedPlan(rule.start, rule.max_seeds)
+    # Every configuration of the index, finished or not: the race waits for all of them.
+    keys = [baseline, *(k for k in dict.fromkeys(data.runs["config"]) if k != baseline)]
+    arms = {key: _seed_order(data.runs, key, plan.max) for key in keys}
+    run_dirs = dict(zip(data.runs["run_id"], data.runs["run_dir"], strict=True))
+    tables = functools.cache(finished_per_image)
+
+    def scores(metric: str) -> Callable[[str], np.ndarray | None]:
+        def read(run_id: str) -> np.ndarray | None:
+            table = tables(run_dirs[run_id]) if run_dirs.get(run_id) else None
+            return None if table is None else table[metric].to_numpy()
+
+        return read
+
+    state = race(arms, baseline, scores(data.metric), plan, *race_rules(rule))
+    looks = {
+        m: measure_looks(arms, baseline, scores(m), plan, state, lambda b, c: (b, c))
+        for m in METRIC_NAMES
+    }
+    judged = [(c, state.arms[c["config"]]) for _, c in others.iterrows()]
+    family = [_Arm(c, {m: looks[m][c["config"]] for m in METRIC_NAMES}, s) for c, s in judged]
+    waiting = sum(s.measured == 0 for _, s in judged)
+    note = (
+        f"{waiting} configuration(s) not judged yet: the race's first look needs {rule.start} "
+        "finished seeds of each configuration and of the baseline"
+        if waiting
+        else ""
+    )
+    return _Family(
+        [a for a in family if a.race and a.race.measured], rule.fractions(), rule.alpha, note
+    )
+
+
+def _race_rule(settings: Mapping[str, Any], metric: str) -> RaceRule:
+    """The sweep index's `seeds: {start, max, level, spending, margin}` as a rule; ValueError
+    naming the setting when the index holds something else."""
+    try:
+        spending = settings.get("spending", "bonferroni")
+        if spending not in ("bonferroni", "obrien-fleming"):
+            raise ValueError(f"spending {spending!r}")
+        margin = settings.get("margin")
+        return RaceRule(
+            start=int(settings["start"]),
+            max_seeds=int(settings["max"]),
+            lower_is_better=LOWER_IS_BETTER[metric],
+            level=float(settings.get("level", LEVEL)),
+            spending=spending,
+            margin=None if margin is None else float(margin),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the sweep index's seeds: {dict(settings)} ({exc})") from exc
+
+
+def _seed_order(runs: pd.DataFrame, config: str, most: int) -> list[str]:
+    """A configuration's run ids by seed, padded to `most` (seeds the index does not list yet:
+    the race has not asked for them, and they read as unfinished)."""
+    part = runs[runs["config"] == config].sort_values("seed", kind="stable")
+    ids = [str(r) for r in part["run_id"]]
+    return ids + [f"{config}#not-listed-{k}" for k in range(len(ids), most)]
+
+
+def _metric_rows(family: _Family, metric: str) -> list[dict[str, object]]:
+    """Judge the family on one metric and write one row per configuration, at the look and the
+    level its verdict rests on."""
+    lower = LOWER_IS_BETTER[metric]
+    looks = len(family.fractions)
+    results: list[list[Comparison | None]] = [[None] * looks for _ in family.arms]
+    p_values = np.full((len(family.arms), looks), np.nan)
+    diffs = np.full_like(p_values, np.nan)
+    for i, arm in enumerate(family.arms):
+        for k, (ref, cand) in enumerate(arm.looks[metric]):
+            try:
+                results[i][k] = result = compare(ref, cand, lower_is_better=lower)
+            except ValueError:
+                continue  # no image scored in every run of both arms
+            p_values[i, k], diffs[i, k] = result.p_value, result.diff
+    verdicts = family_verdicts(
+        p_values, diffs, family.fractions, family.alpha, lower_is_better=lower
+    )
+    rows = []
+    for i, arm in enumerate(family.arms):
+        tested = bool(verdicts.look[i] >= 0)
+        measured = [k for k, r in enumerate(results[i]) if r is not None]
+        if not measured:
+            continue
+        look = int(verdicts.look[i]) if tested else measured[-1]
+        holm_level = float(verdicts.holm_level[i] if tested else verdicts.next_level[0])
+        # Untested (1 seed): no verdict, so the interval is shown at the family's own level.
+        level = 1 - holm_level * family.fractions[look] if tested else 1 - family.alpha
         rows.append(
-            {
-                "config": config["config"],
-                "name": config["name"],
-                "metric": metric,
-                "n_images": result.n_images,
-                "n_seeds": result.n_seeds,
-                "n_seeds_baseline": result.n_seeds_baseline,
-                "baseline": float(ref[:, kept].mean()),
-                "value": float(cand[:, kept].mean()),
-                "diff": result.diff,
-                "ci_low": result.ci_low,
-                "ci_high": result.ci_high,
-                "level": result.level,
-                "p_value": result.p_value,
-                "p_improve": result.p_improve,
-                "seed_sd": result.seed_sd,
-                "seeds_needed": _needed(result),
-                "method": result.method,
-                "improved": result.improved,
-                "significant_unadjusted": result.significant,
-                **race,
+            _row(arm, metric, arm.looks[metric][look], level, holm_level, family.alpha)
+            | {
+                "p_sequential": float(verdicts.p_sequential[i]),
+                "p_adjusted": float(verdicts.p_adjusted[i]),
+                "significant": bool(verdicts.claimed[i]),
             }
         )
+    for row in rows:
+        row["verdict"] = verdict(pd.Series(row))
     return rows
 
 
-def _row_level(n_seeds: int, race_settings: dict[str, Any] | None) -> float:
-    """A raced trial is judged at its last look's level (the race spent the error rate over its
-    looks: judging it at 95% again would add a look); other trials at LEVEL."""
-    if not race_settings:
-        return LEVEL
-    start, most = int(race_settings["start"]), int(race_settings["max"])
-    level = float(race_settings.get("level", LEVEL))
-    spending = race_settings.get("spending", "bonferroni")
-    return race_level(min(max(n_seeds, start), most), start, most, level, spending)
+def _row(
+    arm: _Arm, metric: str, pair: LookPair, level: float, holm_level: float, alpha: float
+) -> dict[str, object]:
+    ref, cand = pair
+    result = compare(ref, cand, lower_is_better=LOWER_IS_BETTER[metric], level=level)
+    kept = np.isfinite(ref).all(axis=0) & np.isfinite(cand).all(axis=0)
+    race = arm.race
+    return {
+        "config": arm.config["config"],
+        "name": arm.config["name"],
+        "metric": metric,
+        "n_images": result.n_images,
+        "n_seeds": result.n_seeds,
+        "n_seeds_baseline": result.n_seeds_baseline,
+        "baseline": float(ref[:, kept].mean()),
+        "value": float(cand[:, kept].mean()),
+        "diff": result.diff,
+        "ci_low": result.ci_low,
+        "ci_high": result.ci_high,
+        "level": result.level,
+        "p_value": result.p_value,
+        "alpha": alpha,
+        "holm_level": holm_level,
+        "p_improve": result.p_improve,
+        "seed_sd": result.seed_sd,
+        "seeds_needed": _needed(result, 1 - holm_level),
+        "method": result.method,
+        "improved": result.improved,
+        "significant_unadjusted": bool(result.p_value < alpha),
+        "seeds_run": race.seeds_run if race else None,
+        "stop_reason": race.stop_reason if race else None,
+    }
 
 
-def _needed(result: Comparison) -> float:
+def _needed(result: Comparison, level: float) -> float:
     if not math.isfinite(result.seed_sd):
         return math.nan
-    return float(seeds_needed(result.diff, result.seed_sd, level=result.level))
+    return float(seeds_needed(result.diff, result.seed_sd, level=level))
 
 
-def _race_info(runs: pd.DataFrame) -> dict[str, object]:
-    """seeds_run / stop_reason from the sweep index when the racing recorded them (else empty)."""
-    info: dict[str, object] = {}
-    for key in ("seeds_run", "stop_reason"):
-        values = runs[key].dropna() if key in runs else pd.Series(dtype=object)
-        info[key] = values.iloc[-1] if len(values) else None
-    return info
-
-
-def adjust(table: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
-    """Holm across configurations per metric; `significant` and `verdict` follow the adjusted
-    result, and a single-seed row never claims a difference."""
-    table = table.copy()
-    table["significant"] = False
-    # A row tested at a stricter level (a raced trial's last look) enters Holm with its p-value
-    # scaled by the same factor, so with one configuration Holm reproduces its own test.
-    scale = (1 - level) / (1 - table["level"].astype(float))
-    p_values = (table["p_value"].astype(float) * scale).clip(upper=1.0)
-    for _, part in table.groupby("metric", sort=False):
-        table.loc[part.index, "significant"] = holm(p_values[part.index].to_numpy(float), 1 - level)
-    table["significant"] = table["significant"].astype(bool)
-    table["verdict"] = [verdict(row) for _, row in table.iterrows()]
-    return table
+def family_seeds_needed(
+    diff: float, seed_sd: float, comparisons: int, *, level: float = LEVEL, power: float = 0.8
+) -> int:
+    """Seeds per arm to resolve `diff` in a family of `comparisons` configurations judged with
+    Holm at family-wise `level`: the first Holm step tests at (1 - level) / comparisons, and a
+    difference that should be found whatever the others do has to pass it (`seeds_needed`)."""
+    if comparisons < 1:
+        raise ValueError(f"comparisons must be >= 1, got {comparisons}")
+    return seeds_needed(diff, seed_sd, level=1 - (1 - level) / comparisons, power=power)
 
 
 def verdict(row: pd.Series) -> str:
-    """The words for one row of the table (after `adjust`)."""
+    """The words for one row of the table."""
     if min(row["n_seeds"], row["n_seeds_baseline"]) < 2:
         return ONE_SEED
     if not row["significant"]:

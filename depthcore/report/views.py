@@ -5,6 +5,8 @@ Each view is a DataFrame of display strings; markdown and HTML are rendered from
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 import depthcore.report.tables as tables
@@ -93,7 +95,8 @@ def importance_view(importance: pd.DataFrame, params: tuple[str, ...]) -> pd.Dat
 
 
 def significance_view(table: pd.DataFrame) -> pd.DataFrame:
-    """Difference to the baseline with its 95% interval and verdict, per configuration and metric.
+    """Difference to the baseline with its interval, the level it was judged at, the adjusted p
+    and the verdict, per configuration and metric.
 
     The racing columns (seeds run, stop reason) appear only when the sweep recorded them.
     """
@@ -106,13 +109,13 @@ def significance_view(table: pd.DataFrame) -> pd.DataFrame:
     view["baseline"] = table["baseline"].map(lambda v: f"{v:.4f}")
     view["value"] = table["value"].map(lambda v: f"{v:.4f}")
     view["difference"] = table["diff"].map(lambda v: f"{v:+.4f}")
-    view["95% CI"] = [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in pairs]
+    view["interval"] = [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in pairs]
+    view["level"] = table["level"].map(percent)
     view["images"] = table["n_images"].astype(str)
     view["seeds"] = [f"{a} vs {b}" for a, b in seeds]
     view["P(seed better)"] = table["p_improve"].map(lambda v: f"{v:.2f}")
-    view["p (Holm over configs)"] = table["p_value"].map(
-        lambda v: "–" if pd.isna(v) else f"{v:.3g}"
-    )
+    view["p"] = table["p_value"].map(_p)
+    view[adjusted_p_header(table)] = table["p_adjusted"].map(_p)
     view["seeds to resolve"] = table["seeds_needed"].map(_count)
     for key, header in (("seeds_run", "seeds run"), ("stop_reason", "stopped")):
         if key in table and table[key].notna().any():
@@ -124,6 +127,26 @@ def significance_view(table: pd.DataFrame) -> pd.DataFrame:
         )
     ]
     return view
+
+
+def adjusted_p_header(table: pd.DataFrame) -> str:
+    """The adjusted p column's header, with the threshold a claim needs."""
+    alphas = sorted(set(table["alpha"].astype(float)))
+    return f"adjusted p (claim if ≤ {' / '.join(f'{a:g}' for a in alphas)})"
+
+
+def percent(level: float) -> str:
+    """A confidence level in percent with the digits that tell it from 100% (99.907%)."""
+    if pd.isna(level):
+        return "–"
+    error = 100 * (1 - float(level))
+    digits = max(0, 1 - math.floor(math.log10(error))) if error > 0 else 0
+    text = f"{100 * float(level):.{digits}f}"
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + "%"
+
+
+def _p(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.3g}"
 
 
 def _count(value: float) -> str:
