@@ -373,7 +373,8 @@ def run_matrix(runs: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.Index]:
 
     Images missing from a run are NaN there (compare drops them).
     """
-    read = [store.read_per_image(d) for d in runs.loc[runs["status"] == "finished", "run_dir"] if d]
+    finished = runs.loc[runs["status"] == "finished", "eval_dir"]  # the evaluation's folder
+    read = [store.read_per_image(d) for d in finished if d]
     tables = [t for t in read if t is not None]
     if not tables:
         return {}, pd.Index([])
