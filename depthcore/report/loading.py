@@ -178,7 +178,7 @@ def _status(
     if error is not None:
         return status, f"{error.get('type') or 'Error'}: {error.get('error') or ''}".strip()
     for folder in (error_file.parent, run_dir):
-        if (folder / store.FINAL_FILE).exists():
+        if (folder / store.FINAL_FILE).exists() and store.read_final(folder) is None:
             return status, f"{store.FINAL_FILE} unreadable (corrupt or half-written)"
     if status == "trained":
         return status, "trained, not evaluated this way yet: rerun the sweep to evaluate it"
