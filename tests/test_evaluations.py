@@ -290,3 +290,70 @@ def test_a_re_evaluated_sweep_trains_nothing_and_both_evaluations_are_reported(
         shown = "post-processed" if post else "no post-processing"
         assert any(line.startswith("Evaluation") and shown in line for line in summary)
     assert tables["evalmany"] != tables[f"evalmany@{old_key}"]  # each its own evaluation
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep side without training: the index, the budget gate, races
+
+
+def small_sweep(*overrides: str, **keys: Any) -> Any:
+    from depthcore.sweep import sweep_from_dict
+
+    tree = {"name": "small", "trials": [{"label": "a", "role": "baseline"}], **keys}
+    return sweep_from_dict(tree, overrides=list(overrides))
+
+
+def test_a_re_evaluation_keeps_the_index_it_replaces_and_going_back_drops_the_copy(
+    tmp_path: Path,
+) -> None:
+    from depthcore.sweep import expand
+    from depthcore.trials import SweepIndex
+
+    first, second = small_sweep(), small_sweep("eval.post_process=true")
+    old, new = expand(first)[0].eval_id, expand(second)[0].eval_id
+    SweepIndex(first, tmp_path, expand(first)).write()
+    assert store.read_sweep_index(tmp_path, f"small@{old[:8]}") is None  # nothing replaced
+    SweepIndex(second, tmp_path, expand(second)).write()
+    kept = store.read_sweep_index(tmp_path, f"small@{old[:8]}")
+    assert kept["name"] == f"small@{old[:8]}" and kept["trials"][0]["eval_id"] == old
+    assert store.read_sweep_index(tmp_path, "small")["trials"][0]["eval_id"] == new
+    SweepIndex(second, tmp_path, expand(second)).write()  # rewrites of the same: no copy
+    names = {p.name for p in (tmp_path / "sweeps").iterdir()}
+    assert names == {f"small@{old[:8]}.yaml", "small.yaml"}
+    SweepIndex(first, tmp_path, expand(first)).write()  # back to the first evaluation
+    assert store.read_sweep_index(tmp_path, f"small@{old[:8]}") is None
+    assert store.read_sweep_index(tmp_path, f"small@{new[:8]}")["trials"][0]["eval_id"] == new
+
+
+def test_a_trained_run_is_evaluated_even_when_the_budget_is_spent(tmp_path: Path) -> None:
+    from depthcore.sweep import expand
+    from depthcore.trials import NOT_STARTED, execute_trial
+
+    (trial,) = expand(small_sweep())
+    run_dir = tmp_path / "run"
+    called: list[str] = []
+
+    def evaluate(cfg: Config, folder: Path, **kw: Any) -> dict[str, Any]:
+        called.append(cfg.eval_id())
+        return {"metrics": {}}
+
+    said: list[str] = []
+    closed = execute_trial(trial, run_dir, evaluate, gate=lambda: False, out=said.append)
+    assert closed == NOT_STARTED and not called  # untrained: the gate holds it back
+    store.write_trained(run_dir, {"run_id": trial.run_id})
+    execute_trial(trial, run_dir, evaluate, gate=lambda: False, out=said.append)
+    assert called == [trial.eval_id] and "evaluation" in said[-1] and "only" in said[-1]
+
+
+def test_a_race_refuses_arms_that_differ_only_in_eval_keys() -> None:
+    with pytest.raises(ConfigError, match=r"seeds: trials .* differ only in eval\.\* keys"):
+        small_sweep(
+            trials=[
+                {"label": "a", "role": "baseline"},
+                {"label": "pp", "eval.post_process": True},
+            ],
+            seeds={"start": 2, "max": 3},
+        )
+    small_sweep(  # without a race, two evaluations of one run are two rows
+        trials=[{"label": "a", "role": "baseline"}, {"label": "pp", "eval.post_process": True}]
+    )
