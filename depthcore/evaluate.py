@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from depthcore import store
 from depthcore.config import Config, EvalConfig, ModelConfig
 from depthcore.device import describe_device, resolve_device
-from depthcore.errors import ConfigError
+from depthcore.errors import ConfigError, DataError
 from depthcore.geometry import disp_to_depth
 from depthcore.metrics import eigen_image_errors, mean_errors
 from depthcore.networks import Models, predict_depth
@@ -297,7 +297,14 @@ def evaluate_run(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     trained = store.read_trained(run_dir) or {}
-    models = load_run_networks(run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE, cfg)
+    ckpt = run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
+    if not ckpt.is_file():
+        raise DataError(
+            f"{run_dir}: trained, but {ckpt} is gone: an evaluation needs the trained networks "
+            "(keep checkpoint/ of runs you may evaluate again); train the run anew in another "
+            "folder to evaluate it"
+        )
+    models = load_run_networks(ckpt, cfg)
     device = resolve_device(cfg.train.device)
     started = time.perf_counter()
     evaluation, preds = evaluate_on_test_split(models, cfg, cfg.eval.scales, device)

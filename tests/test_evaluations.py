@@ -88,6 +88,17 @@ def test_other_eval_keys_evaluate_the_trained_run_without_training(
     assert engine.train(other, run, progress=False) == second  # recorded: not made again
 
 
+def test_a_run_without_its_checkpoint_says_an_evaluation_needs_it(
+    run: Path, synthetic_cache: Path
+) -> None:
+    shutil.rmtree(run / store.CHECKPOINT_DIR)
+    other = tiny(synthetic_cache, *OTHER_EVAL)
+    with pytest.raises(DataError, match=r"trained, but .*state.pt is gone"):
+        engine.train(other, run, progress=False)
+    assert store.read_error(store.eval_path(run, other.eval_id()))["type"] == "DataError"
+    assert store.run_status(run) == "finished"  # still trained: never retrained over it
+
+
 def test_an_evaluation_of_the_checkpoint_equals_the_one_made_after_training(
     run: Path, synthetic_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
