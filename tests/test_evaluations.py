@@ -368,3 +368,31 @@ def test_a_race_refuses_arms_that_differ_only_in_eval_keys() -> None:
     small_sweep(  # without a race, two evaluations of one run are two rows
         trials=[{"label": "a", "role": "baseline"}, {"label": "pp", "eval.post_process": True}]
     )
+
+
+def test_a_sweep_counts_a_run_folder_of_the_earlier_layout_as_done(tmp_path: Path) -> None:
+    """Today's layout before this version (final.json and per_image.csv at the top, named by
+    the legacy id) at a trial's run folder: its own evaluation is done, another is only made."""
+    from depthcore.metrics import METRIC_NAMES
+    from depthcore.sweep import expand
+    from depthcore.trials import SweepIndex, execute_trial, pending_work
+
+    (trial,) = expand(small_sweep())
+    (other,) = expand(small_sweep("eval.post_process=true"))
+    run_dir = store.run_path(tmp_path, trial.run_id)
+    store.write_text_atomic(run_dir / store.CONFIG_FILE, trial.config.to_yaml())
+    metrics = dict.fromkeys(METRIC_NAMES, 0.25)
+    final = {"run_id": trial.config.legacy_run_id(), "metrics": metrics, "epochs": 20}
+    store.write_json_atomic(run_dir / store.FINAL_FILE, final)
+    store.write_per_image(run_dir, [{"image": 0, "scale": 0, **metrics}])
+
+    def must_not_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise AssertionError("trained or evaluated a finished trial")
+
+    work = pending_work(tmp_path, [trial])
+    assert (work.train, work.evaluate, work.done) == ([], [], 1)
+    assert execute_trial(trial, run_dir, must_not_run) == final
+    work = pending_work(tmp_path, [other])
+    assert (len(work.train), len(work.evaluate), work.done) == (0, 1, 0)
+    index = SweepIndex(small_sweep("eval.post_process=true"), tmp_path, [other])
+    assert index.entries[other.trial_id]["status"] == "trained"
