@@ -168,9 +168,8 @@ def _evaluations_replaced(old: Mapping[str, Any], entries: Mapping[str, Mapping[
     for entry in old.get("trials") or []:
         if not isinstance(entry, dict) or not entry.get("eval_id"):
             continue
-        new = entries.get(str(entry.get("trial_id")))
-        same_run = new is not None and new["run_id"] == entry.get("run_id")
-        if same_run and new is not None and new["eval_id"] != entry["eval_id"]:
+        new = entries.get(str(entry.get("trial_id"))) or {}
+        if new.get("run_id") == entry.get("run_id") and new.get("eval_id") != entry["eval_id"]:
             return True
     return False
 
