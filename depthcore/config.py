@@ -300,39 +300,90 @@ class Config(_Section):
         return dump_yaml(self.to_dict())
 
     def identity(self) -> dict[str, Any]:
-        """What makes two runs the same experiment.
+        """What makes two runs the same experiment: the training, never the evaluation.
 
-        Drops loss weights that the chosen `photometric` kind ignores (so the baseline shared by
-        Tables 1-4 is one run), keys that only change speed or logging, and data locations (only a
-        split folder's name counts, so the same study on another machine has the same ids); adds
-        the training recipe's version (`RECIPE_VERSION`).
+        Drops the `eval` section (an evaluation has its own id, `eval_id`), loss weights that the
+        chosen `photometric` kind ignores (so the baseline shared by Tables 1-4 is one run), keys
+        that only change speed or logging, and data locations (only a split folder's name counts,
+        so the same study on another machine has the same ids); adds the training recipe's
+        version (`RECIPE_VERSION`).
         """
-        d = self.to_dict()
-        d["loss"] = {k: d["loss"][k] for k in self.loss.relevant_keys()}
-        for section, key in _NON_IDENTITY_KEYS:
-            d[section].pop(key, None)
-        for section, key in (("data", "split_dir"), ("eval", "split_dir"), ("eval", "gt_path")):
-            if d[section][key] is not None:
-                d[section][key] = Path(d[section][key]).name
-            elif self.data.dataset == "kitti":
-                d[section][key] = _KITTI_DEFAULT_SPLITS.get((section, key))
-        if self.data.dataset == "kitti":
-            d["data"].pop("synthetic")
+        d = self._training_identity()
         d["recipe"] = RECIPE_VERSION
         return d
 
     def run_id(self) -> str:
         """Content hash of `identity()`: the run folder's name in the results store."""
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return _hash(self.identity())
+
+    def eval_identity(self) -> dict[str, Any]:
+        """What makes two evaluations of one trained run the same: the `eval` keys that change
+        its metrics (the test split and ground truth by name, scales, depth cap, median scaling,
+        crop, post-processing, image count) and the evaluation recipe (`EVAL_RECIPE_VERSION`).
+        Independent of the run: a sweep asks every run for the same evaluation id."""
+        d = self.to_dict()["eval"]
+        for key in _EVAL_NON_IDENTITY_KEYS:
+            d.pop(key)
+        for key in ("split_dir", "gt_path"):
+            d[key] = self._location(d, "eval", key)
+        d["recipe"] = EVAL_RECIPE_VERSION
+        return d
+
+    def eval_id(self) -> str:
+        """Content hash of `eval_identity()`: the evaluation's folder, runs/<run id>/evals/<id>."""
+        return _hash(self.eval_identity())
+
+    def legacy_run_id(self) -> str:
+        """The id this config's run had before evaluations got their own ids (recipe 3, with
+        the eval keys in the run id): how folders written by that version are recognised."""
+        d = self._training_identity()
+        ev = self.to_dict()["eval"]
+        for key in ("batch_size", "every_epoch", "save_predictions"):
+            ev.pop(key)
+        for key in ("split_dir", "gt_path"):
+            ev[key] = self._location(ev, "eval", key)
+        return _hash({**d, "eval": ev, "recipe": _LEGACY_RECIPE_VERSION})
+
+    def _training_identity(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d.pop("eval")
+        d["loss"] = {k: d["loss"][k] for k in self.loss.relevant_keys()}
+        for section, key in _NON_IDENTITY_KEYS:
+            d[section].pop(key, None)
+        d["data"]["split_dir"] = self._location(d["data"], "data", "split_dir")
+        if self.data.dataset == "kitti":
+            d["data"].pop("synthetic")
+        return d
+
+    def _location(self, section: dict[str, Any], name: str, key: str) -> str | None:
+        """A data location as identities count it: a folder's or file's name; for KITTI, what
+        None means (the bundled Monodepth2 split), so explicit and implicit agree."""
+        if section[key] is not None:
+            return Path(section[key]).name
+        if self.data.dataset == "kitti":
+            return _KITTI_DEFAULT_SPLITS.get((name, key))
+        return None
+
+
+def _hash(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # The training recipe's version, part of every run id. Raise it whenever a change alters what a
-# run computes for the same config (not only how fast), so that results of an older recipe are
+# run trains for the same config (not only how fast), so that results of an older recipe are
 # never taken for the current one. 2: Pillow-exact colour jitter and smoothness pyramid.
-# 3: the evaluation resizes disparities with OpenCV's bilinear arithmetic (metrics move ~1e-6).
+# 3: the evaluation resizes disparities with OpenCV's bilinear arithmetic (metrics move ~1e-6;
+# evaluations were part of the run then).
 RECIPE_VERSION = 3
+# The evaluation recipe's version, part of every evaluation id: raise it whenever a change alters
+# what an evaluation computes for the same trained networks and eval keys (1: the evaluation of
+# recipe 3, now with its own id).
+EVAL_RECIPE_VERSION = 1
+# The recipe of the results whose run ids still hashed the eval keys (Config.legacy_run_id).
+_LEGACY_RECIPE_VERSION = 3
 
+# Keys that only change speed or logging: no part of the run id.
 _NON_IDENTITY_KEYS = (
     ("data", "root"),
     ("data", "num_workers"),
@@ -345,10 +396,10 @@ _NON_IDENTITY_KEYS = (
     ("train", "loss_impl"),
     ("train", "host_memory"),
     ("train", "log_every"),
-    ("eval", "batch_size"),
-    ("eval", "every_epoch"),
-    ("eval", "save_predictions"),
 )
+# eval keys that change no metric of an evaluation (every_epoch: the learning curves, a record
+# of training): no part of the evaluation id.
+_EVAL_NON_IDENTITY_KEYS = ("batch_size", "every_epoch", "save_predictions")
 
 # What `None` means for KITTI (the bundled Monodepth2 splits), so explicit and implicit agree.
 _KITTI_DEFAULT_SPLITS = {("data", "split_dir"): "eigen_zhou", ("eval", "split_dir"): "eigen"}

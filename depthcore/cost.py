@@ -91,7 +91,7 @@ def host_peak_memory_mb() -> float:
 
 
 def summarize(kind: str, name: str, share: float, segments: list[Segment]) -> dict[str, Any]:
-    """The run's cost over all its segments, as plain data (final.json's `cost`)."""
+    """The run's cost over all its segments, as plain data (trained.json's `cost`)."""
     total = {p: sum(getattr(s, f"{p}_s") for s in segments) for p in PHASES}
     wall = sum(s.wall_s for s in segments)
     samples = sum(s.samples for s in segments)

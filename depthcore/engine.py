@@ -1,9 +1,10 @@
 """The training engine: one Monodepth2 run from a `Config` to a finished run folder.
 
 `train(cfg, run_dir)` reads as: set up (seed, data, networks, optimiser, resume) → for each epoch
-(train steps → evaluate → checkpoint → report) → final evaluation → final.json. A training step is
-forward (depth + pose) → losses (fp32) → backward → Adam. The engine never imports Ray: it
-reports each epoch through a plain callback.
+(train steps → evaluate → checkpoint → report) → trained.json → final evaluation into
+evals/<eval id>/. A training step is forward (depth + pose) → losses (fp32) → backward → Adam. A
+trained run is never trained again: `train` with other eval keys only evaluates it. The engine
+never imports Ray: it reports each epoch through a plain callback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import random
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,13 @@ from depthcore.data import (
 from depthcore.data.augment import apply_jitter
 from depthcore.device import describe_device, kind_and_name, resolve_device, seed_everything
 from depthcore.errors import ConfigError, TrainingError
-from depthcore.evaluate import Evaluation, Predictions, evaluate_model
+from depthcore.evaluate import (
+    Evaluation,
+    Predictions,
+    evaluate_model,
+    evaluate_run,
+    record_evaluation,
+)
 from depthcore.hostmem import keep_freed_memory
 from depthcore.losses import LossTerms, compute_losses
 from depthcore.networks import Models, build_models, predict_depth, predict_poses
@@ -300,10 +307,16 @@ def _checkpoint_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(run_dir: Path, rt: Runtime, optimizer: torch.optim.Optimizer) -> Progress:
+def load_checkpoint(
+    run_dir: Path,
+    rt: Runtime,
+    optimizer: torch.optim.Optimizer,
+    known: Collection[str] = (),
+) -> Progress:
+    """Restore a checkpoint of this run (`known`: the other ids it goes by, see _run_ids)."""
     path = run_dir / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
     state = _checkpoint_state(run_dir)
-    if state.get("run_id") != rt.cfg.run_id():
+    if state.get("run_id") not in {rt.cfg.run_id(), *known}:
         raise ConfigError(
             f"{path}: checkpoint belongs to run {state.get('run_id')}, not {rt.cfg.run_id()}; "
             "use another output folder or delete the checkpoint"
@@ -402,9 +415,11 @@ def train(
     device_share: float | None = None,
     label: str | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) one run into `run_dir`, evaluate it and return final.json's contents.
+    """Train (or resume) one run into `run_dir`, evaluate it as `cfg.eval` says and return the
+    evaluation's final.json (runs/<id>/evals/<eval id>/final.json).
 
-    A run folder that already holds final.json is returned as is, without training.
+    A trained run is not trained again: its evaluation is returned as is, or, when missing (other
+    eval keys than the training's), made from the trained networks.
     `device_share` is the fraction of the device the run holds (Ray's resources.gpu; default a
     whole GPU, or the CPU threads over the machine's cores): device-hours = wall x share.
     `label` names the run in TensorBoard (runs/<id>/tb/<label>/; default the run id).
@@ -415,33 +430,53 @@ def train(
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with store.RunLock(run_dir):
-        final = store.read_final(run_dir)
-        _check_same_run(cfg, run_dir, final)  # before anything is taken as this run's or written
-        if final is not None:
-            return final
+        trained = store.read_trained(run_dir)
+        known = _check_same_run(cfg, run_dir, trained)  # before anything is taken or written
+        if trained is not None:
+            return _evaluated(cfg, run_dir)
         store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
         (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
         store.remove_partial_files(run_dir / store.CHECKPOINT_DIR)
         run = None
         try:
-            run = _setup(cfg, run_dir, report, progress, acct)
+            run = _setup(cfg, run_dir, report, progress, acct, known)
             return _run(run)
         except BaseException as exc:
             # Ctrl-C and Ray stopping a trial (SystemExit) interrupt a run; they are no failure.
             stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
             acct.close("interrupted" if stopped else "failed")
-            if not stopped:
-                _record_error(run_dir, exc, run.prog.step if run is not None else None)
+            if not stopped:  # a failed final evaluation: in its folder, the run is trained
+                where = store.error_path(run_dir, cfg.eval_id()).parent
+                _record_error(where, exc, run.prog.step if run is not None else None)
             raise
         finally:
             acct.close("finished")  # a no-op after _finish or the line above closed both
 
 
-def _check_same_run(cfg: Config, run_dir: Path, final: dict[str, Any] | None) -> None:
-    """A folder holding another run (by its final.json, config.yaml or checkpoint) is refused.
-    One where nothing was trained yet (e.g. its data check failed) is free to reuse."""
+def _evaluated(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """The trained run's evaluation as `cfg.eval` says: the recorded one, else a new one (its
+    failure is recorded in its folder's error.json)."""
+    found = store.find_evaluation(run_dir, cfg.eval_id())
+    final = store.read_final(found) if found is not None else None
+    if final is not None:
+        return final
+    folder = store.eval_path(run_dir, cfg.eval_id())
+    store.remove_partial_files(folder)
+    try:
+        return evaluate_run(cfg, run_dir)
+    except Exception as exc:
+        _record_error(folder, exc, None)
+        raise
+
+
+def _check_same_run(cfg: Config, run_dir: Path, trained: dict[str, Any] | None) -> set[str]:
+    """A folder holding another run (by its trained.json, config.yaml or checkpoint) is refused.
+    One where nothing was trained yet (e.g. its data check failed) is free to reuse. Returns the
+    ids this run goes by in the folder's files (`_run_ids`)."""
     run_id = cfg.run_id()
-    found = {store.FINAL_FILE: (final or {}).get("run_id")}
+    known = _run_ids(cfg, run_dir)
+    name = store.TRAINED_FILE if (run_dir / store.TRAINED_FILE).exists() else store.FINAL_FILE
+    found = {name: (trained or {}).get("run_id")}
     if store.has_checkpoint(run_dir):
         existing = store.read_run_config(run_dir)
         found[store.CONFIG_FILE] = _run_id_of(existing) if existing is not None else None
@@ -449,21 +484,40 @@ def _check_same_run(cfg: Config, run_dir: Path, final: dict[str, Any] | None) ->
             # config.yaml unreadable or of an older schema: the checkpoint says whose it is.
             found[store.CHECKPOINT_FILE] = _checkpoint_state(run_dir).get("run_id")
     for name, other in found.items():
-        if other is not None and other != run_id:
+        if other is not None and other not in known:
             raise ConfigError(
                 f"{run_dir}: holds a different run ({name} is run {other}, this config is run "
                 f"{run_id}); use another output folder"
             )
+    return known
+
+
+def _run_ids(cfg: Config, run_dir: Path) -> set[str]:
+    """The ids `cfg`'s run may go by in `run_dir`'s files: its run id and, for a folder of the
+    earlier layout (whose ids also hashed the eval keys), the legacy id of the config that
+    trained it (config.yaml, when it is this run's) or of `cfg`."""
+    known = {cfg.run_id(), cfg.legacy_run_id()}
+    tree = store.read_run_config(run_dir)
+    stored = _config_of(tree) if tree is not None else None
+    if stored is not None and stored.run_id() == cfg.run_id():
+        known.add(stored.legacy_run_id())
+    return known
+
+
+def _config_of(tree: dict[str, Any]) -> Config | None:
+    """A stored config, or None when it no longer validates (older schema)."""
+    from depthcore.config import config_from_dict
+
+    try:
+        return config_from_dict(tree)
+    except ConfigError:
+        return None
 
 
 def _run_id_of(tree: dict[str, Any]) -> str | None:
     """The run id of a stored config, or None when it no longer validates (older schema)."""
-    from depthcore.config import config_from_dict
-
-    try:
-        return config_from_dict(tree).run_id()
-    except ConfigError:
-        return None
+    stored = _config_of(tree)
+    return stored.run_id() if stored is not None else None
 
 
 def _record_error(run_dir: Path, exc: BaseException, step: int | None) -> None:
@@ -477,7 +531,12 @@ def _record_error(run_dir: Path, exc: BaseException, step: int | None) -> None:
 
 
 def _setup(
-    cfg: Config, run_dir: Path, report: ReportFn | None, progress: bool, acct: _Accounting
+    cfg: Config,
+    run_dir: Path,
+    report: ReportFn | None,
+    progress: bool,
+    acct: _Accounting,
+    known: Collection[str] = (),
 ) -> _Run:
     device = resolve_device(cfg.train.device)
     kind, name = kind_and_name(device)
@@ -491,7 +550,7 @@ def _setup(
     optimizer = make_optimizer(rt)
     prog = Progress()
     if store.has_checkpoint(run_dir):
-        prog = load_checkpoint(run_dir, rt, optimizer)
+        prog = load_checkpoint(run_dir, rt, optimizer, known)
     store.truncate_metrics(run_dir / store.METRICS_FILE, prog.step)
     gts = load_gt_depths(paths.gt_path, paths.test_files)  # checked now, not after an epoch
     step = make_step(rt, optimizer)
@@ -675,40 +734,26 @@ def _evaluate(run: _Run, scales: tuple[int, ...], keep: int) -> tuple[Evaluation
 
 
 def _finish(run: _Run) -> dict[str, Any]:
+    """The final evaluation; trained.json is written whatever it does (the training is done, a
+    failed evaluation is made again without training)."""
     cfg, run_dir = run.cfg, run.run_dir
     run.meter.phase("eval")
-    evaluation, preds = _evaluate(run, scales=cfg.eval.scales, keep=cfg.eval.save_predictions)
-    run.meter.phase(None)
-    store.write_per_image(run_dir, evaluation.per_image)
-    _write_predictions(run_dir, preds, cfg.eval.save_predictions)
-    final = {
-        "run_id": cfg.run_id(),
-        "metrics": evaluation.metrics_by_scale[min(cfg.eval.scales)],
-        "metrics_by_scale": {str(s): m for s, m in evaluation.metrics_by_scale.items()},
-        "n_images": evaluation.n_images,
-        "epochs": run.prog.epoch,
-        "steps": run.prog.step,
-        "wall_time_s": round(run.prog.elapsed_s, 3),
-        "device": describe_device(run.rt.device),
-        "seed": cfg.train.seed,
-        "finished_at": store.now(),
-        **store.provenance(),
-    }
-    final["cost"] = run.meter.close("finished")
-    run.acct.meter = None  # closed: train's exit paths leave it alone
-    store.write_json_atomic(run_dir / store.FINAL_FILE, final)
-    return final
-
-
-def _write_predictions(run_dir: Path, preds: Predictions, keep: int) -> None:
-    if keep == 0 or not preds.rgb:
-        return
-    n = len(preds.rgb)
-    scales = sorted(preds.disp)
-    store.write_predictions(
-        run_dir,
-        image_index=np.asarray(preds.index[:n]),
-        rgb=np.stack(preds.rgb),
-        scales=np.asarray(scales),
-        disp=np.stack([np.stack([preds.disp[s][i] for s in scales]) for i in range(n)]),
-    )
+    try:
+        evaluation, preds = _evaluate(run, scales=cfg.eval.scales, keep=cfg.eval.save_predictions)
+    finally:
+        run.meter.phase(None)
+        trained = {
+            "run_id": cfg.run_id(),
+            "epochs": run.prog.epoch,
+            "steps": run.prog.step,
+            "wall_time_s": round(run.prog.elapsed_s, 3),
+            "device": describe_device(run.rt.device),
+            "seed": cfg.train.seed,
+            "finished_at": store.now(),
+            **store.provenance(),
+            "cost": run.meter.close("finished"),
+        }
+        run.acct.meter = None  # closed: train's exit paths leave it alone
+        store.write_trained(run_dir, trained)
+    folder = store.eval_path(run_dir, cfg.eval_id())
+    return record_evaluation(folder, cfg, evaluation, preds, trained)

@@ -177,7 +177,7 @@ class Rate:
 def _run_rate(run_dir: Path) -> tuple[str, dict[str, float], str] | None:
     """(shape key, its timings, device) of one finished run, from config.yaml and cost.json."""
     cost, tree = store.read_cost(run_dir), store.read_run_config(run_dir)
-    if store.read_final(run_dir) is None or cost is None or tree is None:
+    if store.read_trained(run_dir) is None or cost is None or tree is None:
         return None
     try:
         cfg = config_from_dict(tree)

@@ -2,20 +2,29 @@
 
 Layout (everything under one results folder, default `results/`):
 
-    runs/<run_id>/              run_id = Config.run_id(), a hash of the resolved config incl. seed
-        config.yaml             the resolved Config
+    runs/<run_id>/              run_id = Config.run_id(), a hash of the training config incl. seed
+        config.yaml             the resolved Config of the training
         metrics.jsonl           one JSON object per line: {"type": "train"|"epoch"|"cost", ...}
-        final.json              final evaluation (present <=> the run finished)
-        per_image.csv           per-image metrics: image, scale, abs_rel ... a3
-        predictions.npz         a few test images and their predicted disparities (figures)
-        checkpoint/state.pt     the last checkpoint (resume)
-        error.json              why the run failed (present <=> it failed)
-        lock                    held while a process trains the run
+        trained.json            the training's record (present <=> training finished)
+        evals/<eval_id>/        one evaluation of the trained networks; eval_id = Config.eval_id()
+            eval.yaml           its settings (the eval section and the identity hashed)
+            final.json          its metrics (present <=> the evaluation finished)
+            per_image.csv       per-image metrics: image, scale, abs_rel ... a3
+            predictions.npz     a few test images and their predicted disparities (figures)
+            error.json          why the evaluation failed (present <=> it failed)
+        checkpoint/state.pt     the last checkpoint (resume; later evaluations load it)
+        error.json              why the training failed (present <=> it failed)
+        lock                    held while a process trains or evaluates the run
         cost.json               what the run cost, per process segment (depthcore.cost)
         tb/<label>/             TensorBoard event files (depthcore.tensorboard writes them)
-    sweeps/<name>.yaml          the sweep's trials: trial id, run id, swept values, status (and,
-                                with adaptive seeds, each arm's seeds_run and stop_reason)
+    sweeps/<name>.yaml          the sweep's trials: trial id, run id, eval id, swept values, status
+                                (and, with adaptive seeds, each arm's seeds_run and stop_reason)
+    sweeps/<name>@<id>.yaml     an index a re-evaluation replaced (id: the evaluation it named)
     sweeps/<name>.optuna.journal  an optuna sweep's study (optuna_journal_path)
+
+Run folders of the earlier layout (before evaluations had ids: final.json, per_image.csv and
+predictions.npz at the top, no trained.json) are still read: their final.json is the training's
+record and the evaluation whose id their config.yaml gives (`find_evaluation`).
 
 Every file is written atomically (temp file + rename), so a reader never sees half a file.
 Each file has its writer and its reader here (config.yaml and final.json are written with
@@ -56,6 +65,9 @@ SWEEPS_DIR = "sweeps"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 FINAL_FILE = "final.json"
+TRAINED_FILE = "trained.json"
+EVALS_DIR = "evals"
+EVAL_CONFIG_FILE = "eval.yaml"
 PER_IMAGE_FILE = "per_image.csv"
 PREDICTIONS_FILE = "predictions.npz"
 CHECKPOINT_DIR = "checkpoint"
@@ -66,7 +78,8 @@ LOCK_FILE = "lock"
 # predictions.npz: image_index (N,), rgb (N, H, W, 3) uint8, scales (S,), disp (N, S, h, w).
 PREDICTION_ARRAYS = ("image_index", "rgb", "scales", "disp")
 
-STATUSES = ("finished", "failed", "running", "interrupted", "pending")
+# "trained": the run is trained but lacks the evaluation a trial asks for (run_status).
+STATUSES = ("finished", "trained", "failed", "running", "interrupted", "pending")
 
 # A lock whose heartbeat is older than this is considered abandoned (its owner died).
 LOCK_STALE_S = 300.0
@@ -250,6 +263,77 @@ def read_error(run_dir: str | Path) -> dict[str, Any] | None:
     return read_json(Path(run_dir) / ERROR_FILE)
 
 
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation records
+
+
+def write_trained(run_dir: str | Path, record: Mapping[str, Any]) -> None:
+    """trained.json: the training's record (run_id, epochs, steps, seed, device, provenance)."""
+    write_json_atomic(Path(run_dir) / TRAINED_FILE, dict(record))
+
+
+def read_trained(run_dir: str | Path) -> dict[str, Any] | None:
+    """The training's record, None until the run finished training; for a run folder of the
+    earlier layout, its top-level final.json (which holds the same keys)."""
+    trained = read_json(Path(run_dir) / TRAINED_FILE)
+    if trained is not None and trained.get("run_id"):
+        return trained
+    return read_final(run_dir)
+
+
+def eval_path(run_dir: str | Path, eval_id: str) -> Path:
+    """The folder of the run's evaluation `eval_id` (written or not)."""
+    return Path(run_dir) / EVALS_DIR / eval_id
+
+
+def find_evaluation(run_dir: str | Path, eval_id: str | None) -> Path | None:
+    """The folder holding the finished evaluation `eval_id` of a run (its final.json,
+    per_image.csv and predictions.npz are read from there), or None.
+
+    A run folder of the earlier layout holds one evaluation at its top, the one its config.yaml
+    gives. `eval_id` None (a sweep index of that version names none) means that one.
+    """
+    run_dir = Path(run_dir)
+    if eval_id is not None and read_final(eval_path(run_dir, eval_id)) is not None:
+        return eval_path(run_dir, eval_id)
+    if read_final(run_dir) is None:
+        return None
+    return run_dir if eval_id is None or legacy_eval_id(run_dir) == eval_id else None
+
+
+def read_evaluation(run_dir: str | Path, eval_id: str | None) -> dict[str, Any] | None:
+    """The final.json of the run's evaluation `eval_id` (find_evaluation), or None."""
+    folder = find_evaluation(run_dir, eval_id)
+    return read_final(folder) if folder is not None else None
+
+
+def legacy_eval_id(run_dir: str | Path) -> str | None:
+    """The evaluation id of the final.json at the top of a run folder of the earlier layout:
+    its config.yaml's; None when the config no longer validates or the final.json belongs to
+    another run (or an older recipe)."""
+    from depthcore.config import config_from_dict  # pydantic only (no torch), and only here
+
+    tree, final = read_run_config(run_dir), read_final(run_dir)
+    if tree is None or final is None:
+        return None
+    try:
+        cfg = config_from_dict(tree)
+    except DepthcoreError:
+        return None
+    if final.get("run_id") not in (cfg.run_id(), cfg.legacy_run_id()):
+        return None
+    return cfg.eval_id()
+
+
+def write_eval_config(folder: str | Path, settings: Mapping[str, Any]) -> None:
+    """eval.yaml: the evaluation's settings (eval_id, identity, the resolved eval section)."""
+    write_yaml_atomic(Path(folder) / EVAL_CONFIG_FILE, dict(settings))
+
+
+def read_eval_config(folder: str | Path) -> dict[str, Any] | None:
+    return read_yaml_file(Path(folder) / EVAL_CONFIG_FILE)
+
+
 def write_error(
     run_dir: str | Path, *, kind: str, message: str, step: int | None, traceback: str = ""
 ) -> None:
@@ -272,9 +356,10 @@ def read_curves(run_dir: str | Path) -> list[dict[str, Any]]:
     return read_jsonl(Path(run_dir) / METRICS_FILE)
 
 
-def read_scales(run_dir: str | Path) -> dict[int, dict[str, float]]:
-    """final.json metrics_by_scale as {scale: {metric: value}}; empty when absent."""
-    final = read_final(run_dir) if run_dir else None
+def read_scales(folder: str | Path) -> dict[int, dict[str, float]]:
+    """An evaluation's final.json metrics_by_scale as {scale: {metric: value}}; empty when
+    absent. `folder`: the evaluation's (find_evaluation)."""
+    final = read_final(folder) if folder else None
     by_scale = (final or {}).get("metrics_by_scale")
     if not isinstance(by_scale, dict):
         return {}
@@ -296,21 +381,23 @@ def as_float(value: Any) -> float:
     return number if math.isfinite(number) else math.nan
 
 
-def write_per_image(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """per_image.csv: one row per image and scale (`image`, `scale` and every metric)."""
+def write_per_image(folder: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """An evaluation's per_image.csv: one row per image and scale (`image`, `scale` and every
+    metric)."""
     import pandas as pd  # here, not at the top: the engine and the data code need no pandas
 
     table = pd.DataFrame(list(rows), columns=["image", "scale", *METRIC_NAMES])
     table = table.astype({"image": str, "scale": str, **dict.fromkeys(METRIC_NAMES, float)})
-    write_text_atomic(Path(run_dir) / PER_IMAGE_FILE, table.to_csv(index=False, na_rep="nan"))
+    write_text_atomic(Path(folder) / PER_IMAGE_FILE, table.to_csv(index=False, na_rep="nan"))
 
 
-def read_per_image(run_dir: str | Path, scale: int = 0) -> pd.DataFrame | None:
-    """Per-image metrics of one scale, indexed by image; None when absent or unreadable."""
+def read_per_image(folder: str | Path, scale: int = 0) -> pd.DataFrame | None:
+    """An evaluation's per-image metrics of one scale, indexed by image; None when absent or
+    unreadable. `folder`: the evaluation's (find_evaluation)."""
     import pandas as pd
 
     try:
-        table = pd.read_csv(Path(run_dir) / PER_IMAGE_FILE)
+        table = pd.read_csv(Path(folder) / PER_IMAGE_FILE)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError):
         return None
     if not {"image", "scale", *METRIC_NAMES} <= set(table.columns):
@@ -324,7 +411,7 @@ def read_per_image(run_dir: str | Path, scale: int = 0) -> pd.DataFrame | None:
 
 
 def write_predictions(
-    run_dir: str | Path,
+    folder: str | Path,
     *,
     image_index: np.ndarray,
     rgb: np.ndarray,
@@ -332,7 +419,7 @@ def write_predictions(
     disp: np.ndarray,
 ) -> None:
     """predictions.npz (shapes: PREDICTION_ARRAYS), compressed, in the dtypes readers expect."""
-    with atomic_path(Path(run_dir) / PREDICTIONS_FILE) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(Path(folder) / PREDICTIONS_FILE) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
             fh,
             image_index=np.asarray(image_index, dtype=np.int64),
@@ -342,10 +429,11 @@ def write_predictions(
         )
 
 
-def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray] | None:
-    """predictions.npz as arrays, checked for the contract's shapes; None when unusable."""
+def read_predictions(folder: str | Path) -> dict[str, np.ndarray] | None:
+    """An evaluation's predictions.npz as arrays, checked for the contract's shapes; None when
+    unusable."""
     try:
-        with np.load(Path(run_dir) / PREDICTIONS_FILE, allow_pickle=False) as npz:
+        with np.load(Path(folder) / PREDICTIONS_FILE, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in PREDICTION_ARRAYS}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
@@ -360,10 +448,22 @@ def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE).is_file()
 
 
-def run_status(run_dir: str | Path) -> str:
-    """One of STATUSES, from the files alone."""
+def run_status(run_dir: str | Path, eval_id: str | None = None) -> str:
+    """One of STATUSES, from the files alone: the training's status ("finished": trained), or,
+    with `eval_id`, a trial's: "finished" only once that evaluation is recorded; a trained run
+    without it is "running" while the run's lock is held (being evaluated), "failed" when its
+    evaluation failed, else "trained" (to evaluate)."""
     run_dir = Path(run_dir)
-    if read_final(run_dir) is not None:
+    trained = read_trained(run_dir) is not None
+    if trained and eval_id is not None:
+        if find_evaluation(run_dir, eval_id) is not None:
+            return "finished"
+        if lock_is_held(run_dir):
+            return "running"
+        if (eval_path(run_dir, eval_id) / ERROR_FILE).exists():
+            return "failed"
+        return "trained"
+    if trained:
         return "finished"
     if lock_is_held(run_dir):
         return "running"
@@ -374,6 +474,15 @@ def run_status(run_dir: str | Path) -> str:
     return "pending"
 
 
+def error_path(run_dir: str | Path, eval_id: str | None = None) -> Path:
+    """Where the failure of a trial is recorded: its evaluation's error.json once the run is
+    trained (with `eval_id`), else the training's."""
+    run_dir = Path(run_dir)
+    if eval_id is not None and read_trained(run_dir) is not None:
+        return eval_path(run_dir, eval_id) / ERROR_FILE
+    return run_dir / ERROR_FILE
+
+
 def list_runs(results: str | Path) -> list[Path]:
     root = runs_root(results)
     if not root.is_dir():
@@ -382,7 +491,7 @@ def list_runs(results: str | Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------
-# The sweep index: sweeps/<name>.yaml (schema: README.md, "Results layout")
+# The sweep index: sweeps/<name>.yaml (schema: docs/results.md, "Results layout")
 
 
 def sweep_index_path(results: str | Path, name: str) -> Path:
@@ -404,6 +513,11 @@ def write_sweep_index(results: str | Path, name: str, index: Mapping[str, Any]) 
 def read_sweep_index(results: str | Path, name: str) -> dict[str, Any] | None:
     """The sweep's index; None when absent or not a YAML mapping."""
     return read_yaml_file(sweep_index_path(results, name))
+
+
+def remove_sweep_index(results: str | Path, name: str) -> None:
+    """Delete a sweep's index (a kept copy the current index supersedes); absent is fine."""
+    sweep_index_path(results, name).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,7 +665,7 @@ class RunLock:
 
 
 # ----------------------------------------------------------------------------------------------
-# Provenance recorded in final.json
+# Provenance recorded in trained.json and final.json
 
 
 def git_commit(repo: str | Path | None = None) -> str | None:
@@ -613,11 +727,12 @@ def write_cost(run_dir: str | Path, cost: dict[str, Any]) -> None:
 def read_cost(run_dir: str | Path) -> dict[str, Any] | None:
     """The run's cost so far (plain data, see COST_FILE), or None when none was recorded.
 
-    Falls back to final.json's `cost` when cost.json is missing or damaged.
+    Falls back to trained.json's `cost` (final.json's in the earlier layout) when cost.json is
+    missing or damaged.
     """
     cost = read_json(Path(run_dir) / COST_FILE)
     if cost is None:
-        cost = (read_final(run_dir) or {}).get("cost")
+        cost = (read_trained(run_dir) or {}).get("cost")
     return cost if isinstance(cost, dict) and "device_hours" in cost else None
 
 

@@ -302,6 +302,11 @@ class Trial:
     seed: int
     arm: str = ""  # the trial without its seed: what adaptive seeds race (the id's head)
 
+    @property
+    def eval_id(self) -> str:
+        """Config.eval_id(): the evaluation of the run this trial asks for (evals/<eval id>)."""
+        return self.config.eval_id()
+
 
 # ----------------------------------------------------------------------------------------------
 # Loading
@@ -344,7 +349,7 @@ def sweep_from_dict(
         _build(sweep, sweep.base, f"{sweep.source}: --set {' '.join(overrides)}")
     _validate_keys(sweep)
     _validate_axes(sweep)
-    expand(sweep)  # builds (and so validates) every trial's config
+    _check_race_evaluations(sweep, expand(sweep))  # builds (and so validates) every config
     return sweep
 
 
@@ -481,6 +486,22 @@ def _validate_race(sweep: Sweep) -> None:
             f"{sweep.where('seeds')}: seeds: {{start, max}} races every trial against the "
             "baseline; mark one trials: entry with role: baseline"
         )
+
+
+def _check_race_evaluations(sweep: Sweep, trials: Sequence[Trial]) -> None:
+    """A race scores each run once: trials differing only in eval.* keys (one run, two
+    evaluations) cannot be separate arms."""
+    if sweep.file.adaptive is None:
+        return
+    evals: dict[str, Trial] = {}
+    for trial in trials:
+        other = evals.setdefault(trial.run_id, trial)
+        if other.eval_id != trial.eval_id:
+            raise ConfigError(
+                f"{sweep.where('seeds')}: trials {other.trial_id} and {trial.trial_id} train the "
+                "same run and differ only in eval.* keys; adaptive seeds race trainings, so give "
+                "the eval keys in base (or race without them and re-evaluate afterwards)"
+            )
 
 
 def _validate_optuna(sweep: Sweep) -> None:
@@ -690,7 +711,9 @@ def run_groups(trials: Sequence[Trial]) -> dict[str, list[Trial]]:
 def plan_lines(
     sweep: Sweep, trials: Sequence[Trial], statuses: Mapping[str, str] | None = None
 ) -> list[str]:
-    """--dry-run: one line per trial (id, swept values, run, status), then 'N trials'."""
+    """--dry-run: one line per trial (id, swept values, run, status), then 'N trials'.
+
+    `statuses`: trial id -> status (depthcore.store.run_status with the trial's eval id)."""
     if sweep.file.search.method == "optuna":
         return _optuna_plan(sweep)
     first = {run_id: group[0].trial_id for run_id, group in run_groups(trials).items()}
@@ -702,8 +725,9 @@ def plan_lines(
         notes = [f"run {trial.run_id}"]
         if trial.role:
             notes.append(trial.role)
-        if statuses and trial.run_id in statuses:
-            notes.append(statuses[trial.run_id])
+        if statuses and trial.trial_id in statuses:
+            status = statuses[trial.trial_id]
+            notes.append("trained: evaluate only" if status == "trained" else status)
         if first[trial.run_id] != trial.trial_id:
             notes.append(f"same run as {first[trial.run_id]}")
         if trial.run_id not in sure:

@@ -1,5 +1,5 @@
-"""Sweep trials without Ray: the sweep index, one trial's training with its errors recorded,
-and `--only` (one trial in this process).
+"""Sweep trials without Ray: the sweep index, one trial's training (or, for a trained run, only
+its evaluation) with its errors recorded, and `--only` (one trial in this process).
 
 `depthcore.tuning` runs these same trials on Ray; everything here also works in a process that
 never imports Ray (runners/sweep.py --only), so breakpoints and plain tracebacks work.
@@ -8,6 +8,7 @@ never imports Ray (runners/sweep.py --only), so breakpoints and plain tracebacks
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import os
 import time
@@ -28,11 +29,13 @@ __all__ = [
     "NOT_STARTED",
     "SweepIndex",
     "SweepOutcome",
+    "Work",
     "budget_note",
     "engine_train",
     "execute_trial",
     "find_trial",
     "index_entry",
+    "pending_work",
     "run_one",
     "say",
     "swept_keys",
@@ -72,22 +75,29 @@ class SweepIndex:
         self.sweep, self.results = sweep, results
         self.path = store.sweep_index_path(results, sweep.name)
         self.entries: dict[str, dict[str, Any]] = {}
+        old = store.read_sweep_index(results, sweep.name) or {}
         # Recorded at the sweep's start (depthcore.estimate.index_record); kept on rewrites.
-        self.estimate = (store.read_sweep_index(results, sweep.name) or {}).get("estimate")
+        self.estimate = old.get("estimate")
+        # eval id -> the settings it hashes, for the index's `evaluations`
+        self.evaluations: dict[str, Any] = {}
         if sweep.file.search.method == "optuna":
             self.swept = list(sweep.file.search.space)
-            old = store.read_sweep_index(results, sweep.name) or {}
             for entry in old.get("trials") or []:
                 if isinstance(entry, dict) and entry.get("trial_id") and entry.get("run_id"):
                     self.entries[str(entry["trial_id"])] = entry
+            if isinstance(old.get("evaluations"), dict):
+                self.evaluations.update(old["evaluations"])
         else:
             self.swept = swept_keys(trials)
         for trial in trials:
             self.add(trial)
+        # An index naming other evaluations of the same runs is kept beside the new one.
+        self.replaced = old if _evaluations_replaced(old, self.entries) else None
 
     def add(self, trial: Trial, status: str | None = None) -> None:
-        status = status or store.run_status(self.run_dir(trial.run_id))
+        status = status or store.run_status(self.run_dir(trial.run_id), trial.eval_id)
         self.entries[trial.trial_id] = index_entry(trial, status)
+        self.evaluations[trial.eval_id] = trial.config.eval_identity()
 
     def run_dir(self, run_id: str) -> Path:
         return store.run_path(self.results, run_id)
@@ -97,10 +107,13 @@ class SweepIndex:
             if entry["run_id"] == run_id:
                 entry["status"] = status
 
-    def refresh(self) -> None:
-        """Statuses from the run folders (the source of truth)."""
-        for run_id in {e["run_id"] for e in self.entries.values()}:
-            self.set_status(run_id, store.run_status(self.run_dir(run_id)))
+    def refresh(self, run_ids: Sequence[str] | None = None) -> None:
+        """Statuses from the run folders (the source of truth): of every trial, or of the trials
+        of `run_ids`; each trial's own evaluation decides whether it finished."""
+        for entry in self.entries.values():
+            if run_ids is None or entry["run_id"] in run_ids:
+                run_dir = self.run_dir(entry["run_id"])
+                entry["status"] = store.run_status(run_dir, entry.get("eval_id"))
 
     def status_of(self, run_id: str) -> str:
         return next(e["status"] for e in self.entries.values() if e["run_id"] == run_id)
@@ -129,14 +142,46 @@ class SweepIndex:
             "swept": self.swept,
             "design": sweep_design(spec),
             "trials": list(self.entries.values()),
+            "evaluations": self._named_evaluations(),
         }
         if self.estimate is not None:
             index["estimate"] = self.estimate
         if spec.adaptive is not None:
             index["seeds"] = spec.adaptive.model_dump()
+        if self.replaced is not None:
+            name = f"{self.sweep.name}@{evaluations_key(self.replaced)}"
+            store.write_sweep_index(self.results, name, {**self.replaced, "name": name})
+            self.replaced = None
         store.write_sweep_index(self.results, self.sweep.name, index)
+        # A kept index of the evaluation this one names again is this one's older copy.
+        store.remove_sweep_index(self.results, f"{self.sweep.name}@{evaluations_key(index)}")
         for entry in self.entries.values():
             store.link_tensorboard(self.results, spec.name, entry["trial_id"], entry["run_id"])
+
+    def _named_evaluations(self) -> dict[str, Any]:
+        named = {e.get("eval_id") for e in self.entries.values()}
+        return {k: v for k, v in self.evaluations.items() if k in named}
+
+
+def _evaluations_replaced(old: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether `old` (the index on disk) names another evaluation of a run than `entries` do
+    for the same trial: a re-evaluation, whose predecessor stays reportable."""
+    for entry in old.get("trials") or []:
+        if not isinstance(entry, dict) or not entry.get("eval_id"):
+            continue
+        new = entries.get(str(entry.get("trial_id"))) or {}
+        if new.get("run_id") == entry.get("run_id") and new.get("eval_id") != entry["eval_id"]:
+            return True
+    return False
+
+
+def evaluations_key(index: Mapping[str, Any]) -> str:
+    """A short name for the evaluations an index names: the eval id (8 characters) when its
+    trials share one, else a hash of the sorted ids."""
+    ids = sorted({str(e.get("eval_id")) for e in index.get("trials") or [] if isinstance(e, dict)})
+    if len(ids) == 1:
+        return ids[0][:8]
+    return hashlib.sha256(",".join(ids).encode()).hexdigest()[:8]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,19 +202,21 @@ def execute_trial(
     device_share: float | None = None,
     gate: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Train `trial` into `run_dir` (resuming) and return final.json's dict.
+    """Train `trial` into `run_dir` (resuming), evaluate it as its config's eval keys say, and
+    return the evaluation's final.json dict.
 
     `device_share` (Ray's resources.gpu, or CPUs over the node's) goes to the cost record;
     `gate` (the budget) is asked right before training: False leaves the run untouched and
     returns NOT_STARTED.
 
-    A finished run is returned without training; a run locked by another live process is waited
+    A recorded evaluation is returned as is; a trained run is only evaluated (`train_fn` does
+    that without training; no budget gate); a run locked by another live process is waited
     for. `session_start` (the sweep's start time) makes a deterministic failure recorded since
     then (non-finite loss, bad data) fail again at once instead of being retrained.
     """
     waited = False
     while True:
-        final = store.read_final(run_dir)
+        final = store.read_evaluation(run_dir, trial.eval_id)
         if final is not None:
             return final
         if store.lock_is_held(run_dir):
@@ -182,11 +229,14 @@ def execute_trial(
             waited = True
             time.sleep(poll_s)
             continue
-        _refuse_repeated_failure(run_dir, session_start)
-        if gate is not None and not gate():
+        _refuse_repeated_failure(store.error_path(run_dir, trial.eval_id), session_start)
+        trained = store.read_trained(run_dir) is not None
+        if trained:
+            out(f"{trial.trial_id}: run {trial.run_id} is trained; evaluation {trial.eval_id} only")
+        elif gate is not None and not gate():
             out(f"{trial.trial_id}: budget reached; run {trial.run_id} not started")
             return NOT_STARTED
-        if before_train is not None:
+        if before_train is not None and not trained:
             before_train(run_dir)
         try:
             kwargs = _cost_kwargs(train_fn, trial, device_share)
@@ -218,18 +268,21 @@ def _train_recording_errors(
     except (KeyboardInterrupt, SystemExit):
         # Ray stops a trial (Ctrl-C, shutdown) with sys.exit(0) inside tune.report: the run is
         # interrupted, not failed; drop an error.json that recorded the stop as an error.
-        error = store.read_error(run_dir) or {}
+        path = store.error_path(run_dir, trial.eval_id)
+        error = store.read_error(path.parent) or {}
         if error.get("type") in ("SystemExit", "KeyboardInterrupt") and _recorded_since(
-            run_dir, started
+            path, started
         ):
-            (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         raise
     except Exception as exc:
         # The engine records its own failures; anything raised outside it (imports, a report
-        # callback, a wrapper) is recorded here so that every failed run has an error.json.
-        if not _recorded_since(run_dir, started):
+        # callback, a wrapper) is recorded here so that every failed trial has an error.json
+        # (the evaluation's once the run is trained).
+        path = store.error_path(run_dir, trial.eval_id)
+        if not _recorded_since(path, started):
             store.write_error(
-                run_dir,
+                path.parent,
                 kind=type(exc).__name__,
                 message=str(exc),
                 step=last.get("step"),
@@ -250,20 +303,20 @@ def _cost_kwargs(train_fn: TrainFn, trial: Trial, share: float | None) -> dict[s
     return {k: v for k, v in wanted.items() if k in params}
 
 
-def _recorded_since(run_dir: Path, since: float) -> bool:
+def _recorded_since(error_file: Path, since: float) -> bool:
     try:
-        return (run_dir / store.ERROR_FILE).stat().st_mtime >= since - 1
+        return error_file.stat().st_mtime >= since - 1
     except FileNotFoundError:
         return False
 
 
-def _refuse_repeated_failure(run_dir: Path, session_start: float | None) -> None:
-    error = store.read_error(run_dir)
+def _refuse_repeated_failure(error_file: Path, session_start: float | None) -> None:
+    error = store.read_error(error_file.parent)
     if session_start is None or error is None or error.get("type") not in DETERMINISTIC_ERRORS:
         return
-    if _recorded_since(run_dir, session_start + 1):
+    if _recorded_since(error_file, session_start + 1):
         raise TrainingError(
-            f"{run_dir / store.ERROR_FILE}: this run already failed in this sweep with "
+            f"{error_file}: this run already failed in this sweep with "
             f"{error.get('type')}: {error.get('error')}; not retrying a failure that would repeat"
         )
 
@@ -281,6 +334,7 @@ class SweepOutcome:
     statuses: dict[str, str]  # trial id -> status
     errors: dict[str, Path] = field(default_factory=dict)  # trial id -> error.json
     trained: int = 0
+    evaluated: int = 0  # evaluations of runs trained before (no training)
 
     @property
     def exit_code(self) -> int:
@@ -297,6 +351,49 @@ def budget_note(gate: Any, outcome: SweepOutcome, out: Out) -> None:
             f"  budget reached ({gate.committed():.3g} of {gate.device_hours:g} device-hours): "
             f"{left} runs not started; rerun with a larger --budget to continue"
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# What a sweep has left to do: training, or only evaluation of trained runs
+
+
+@dataclass(frozen=True)
+class Work:
+    """A sweep's unfinished trials, one per run to train and one per evaluation left."""
+
+    train: list[Trial]  # one trial per run to train (its evaluation comes with it)
+    evaluate: list[Trial]  # one trial per other evaluation left: of trained runs, no training
+    done: int  # trials whose evaluation is recorded
+
+    def line(self) -> str:
+        return (
+            f"{len(self.train)} runs to train, {len(self.evaluate)} to evaluate only "
+            f"(trained already), {self.done} trials done"
+        )
+
+
+def pending_work(results: str | Path, trials: Sequence[Trial]) -> Work:
+    """From the run folders: which runs to train, which evaluations to make without training.
+
+    Trials with the same run and evaluation are one piece of work; a second evaluation of a run
+    still to train is an evaluation only (it follows the training)."""
+    train: dict[str, Trial] = {}
+    evaluate: list[Trial] = []
+    seen: set[tuple[str, str]] = set()
+    done = 0
+    for trial in trials:
+        run_dir = store.run_path(results, trial.run_id)
+        if store.find_evaluation(run_dir, trial.eval_id) is not None:
+            done += 1
+            continue
+        if (trial.run_id, trial.eval_id) in seen:
+            continue
+        seen.add((trial.run_id, trial.eval_id))
+        if store.read_trained(run_dir) is None and trial.run_id not in train:
+            train[trial.run_id] = trial
+        else:
+            evaluate.append(trial)
+    return Work(list(train.values()), evaluate, done)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,9 +442,8 @@ def run_one(
         index.refresh()
         index.write()
     only = {trial.trial_id: index.entries[trial.trial_id]["status"]}
-    errors = (
-        {trial.trial_id: run_dir / store.ERROR_FILE} if only[trial.trial_id] == "failed" else {}
-    )
+    failed = only[trial.trial_id] == "failed"
+    errors = {trial.trial_id: store.error_path(run_dir, trial.eval_id)} if failed else {}
     return SweepOutcome(sweep.name, index.path, only, errors, 1)
 
 
@@ -382,6 +478,7 @@ def index_entry(trial: Trial, status: str) -> dict[str, Any]:
     return {
         "trial_id": trial.trial_id,
         "run_id": trial.run_id,
+        "eval_id": trial.eval_id,
         "label": trial.label,
         "role": trial.role,
         "params": _plain(trial.params),
@@ -425,9 +522,12 @@ def race_state(sweep: Sweep, results: str | Path, trials: Sequence[Trial]) -> Ra
         margin=settings.margin,
     )
 
+    evals = {t.run_id: t.eval_id for t in trials}  # one per run in a race (load_sweep checks)
+
     @functools.cache
     def scores(run_id: str) -> np.ndarray | None:
-        table = finished_per_image(store.run_path(results, run_id))
+        folder = store.find_evaluation(store.run_path(results, run_id), evals[run_id])
+        table = finished_per_image(folder) if folder is not None else None
         return None if table is None else table[sweep.file.metric].to_numpy()
 
     return race(arms, baseline, scores, settings.plan, *race_rules(rule))

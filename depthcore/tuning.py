@@ -4,8 +4,9 @@ The expansion in `depthcore.sweep` stays the single source of truth: Ray grid-se
 trial ids, and each Ray trial trains one run folder with the engine. What the report reads is the
 results store (results/runs/<run_id>/ and results/sweeps/<name>.yaml), never Ray's own files:
 
-- runs that finished (final.json) are filtered out before Ray sees the trials, so a run shared by
-  several sweeps (the baseline of Tables 1-4) trains once; trials with the same run id train once;
+- trials whose evaluation is recorded are filtered out before Ray sees the trials, so a run shared
+  by several sweeps (the baseline of Tables 1-4) trains once; trials with the same run id train
+  once; a trained run asked for another evaluation (other eval.* keys) is only evaluated;
 - the engine resumes from run_dir/checkpoint, so a retry (FailureConfig), a killed driver or
   Ctrl-C followed by the same command continues where it stopped (no Tuner.restore needed);
 - a run locked by another live process (another sweep) is waited for, then its result is used;
@@ -38,7 +39,7 @@ from depthcore.config import Config, config_from_dict
 from depthcore.errors import ConfigError
 from depthcore.estimate import BudgetGate, device_share
 from depthcore.racing import run_bounds
-from depthcore.sweep import Range, Sweep, Trial, expand, run_groups, trial_from_params
+from depthcore.sweep import Range, Sweep, Trial, expand, trial_from_params
 from depthcore.trials import (
     LOCK_POLL_S,
     Out,
@@ -48,6 +49,7 @@ from depthcore.trials import (
     budget_note,
     engine_train,
     execute_trial,
+    pending_work,
     say,
 )
 
@@ -173,10 +175,10 @@ class _Progress(tune.Callback):
     def _ended(self, trial: Any) -> None:
         tag, ours = self._trial(trial)
         run_dir = self.index.run_dir(ours.run_id)
-        status = store.run_status(run_dir)
-        self.index.set_status(ours.run_id, status)
+        self.index.refresh([ours.run_id])
         self.index.write()
-        final = store.read_final(run_dir)
+        status = store.run_status(run_dir, ours.eval_id)
+        final = store.read_evaluation(run_dir, ours.eval_id)
         if final is not None:
             metric = self.job.sweep.file.metric
             value = final["metrics"].get(metric)
@@ -185,7 +187,8 @@ class _Progress(tune.Callback):
         elif status == "pending":  # the budget gate left it untouched
             self.out(f"{tag} skipped {ours.trial_id}: budget reached, not started")
         else:
-            self.out(f"{tag} {status.upper():<7} {ours.trial_id}: see {run_dir / store.ERROR_FILE}")
+            error = store.error_path(run_dir, ours.eval_id)
+            self.out(f"{tag} {status.upper():<7} {ours.trial_id}: see {error}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,15 +343,16 @@ def run_sweep(
         return _race(job, opts, trials)
     index = SweepIndex(sweep, results, trials)
     index.write()
+    work = pending_work(results, trials)
     todo = _todo(index, trials)
-    _check_local_data([t.config for t in todo], address)
-    done = len(run_groups(trials)) - len(todo)
-    out(f"{sweep.name}: {len(trials)} trials, {done} runs finished already, {len(todo)} to train")
+    _check_local_data([t.config for t in work.train], address)
+    _check_local_data([t.config for t in work.evaluate], address, train=False)
+    out(f"{sweep.name}: {len(trials)} trials: {work.line()}")
     if todo:
         job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
         space = {"trial_id": tune.grid_search([t.trial_id for t in todo])}
         _run_on_ray(job, opts, index, space)
-    outcome = _summarise(sweep, index, len(todo), out)
+    outcome = _summarise(sweep, index, len(work.train), out, len(work.evaluate))
     budget_note(job.gate, outcome, out)
     return outcome
 
@@ -377,10 +381,11 @@ def _race(job: _Job, opts: _Options, trials: Sequence[Trial]) -> SweepOutcome:
         if not todo:  # finished, yet the race cannot read their per-image results
             out(f"{sweep.name}: race halted: finished runs without a readable per_image.csv")
             break
-        out(f"{sweep.name}: race round: {len(todo)} runs to train")
+        work = pending_work(job.results, todo)
+        out(f"{sweep.name}: race round: {work.line()}")
         round_job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
         _run_on_ray(round_job, opts, index, {"trial_id": tune.grid_search(list(round_job.trials))})
-        trained += len(todo)
+        trained += len(work.train)
         state = index.race(trials)
         index.write()
     for arm, arm_state in state.arms.items():
@@ -390,11 +395,14 @@ def _race(job: _Job, opts: _Options, trials: Sequence[Trial]) -> SweepOutcome:
     return outcome
 
 
-def _check_local_data(configs: Sequence[Config], address: str | None) -> None:
+def _check_local_data(
+    configs: Sequence[Config], address: str | None, *, train: bool = True
+) -> None:
     """On this machine, KITTI data is checked before Ray starts: a missing frame, calibration or
     ground truth stops the sweep with a DataError naming the file and split line (exit 2),
-    instead of failing every trial. Synthetic drives are generated by the first trial that needs
-    them; on a cluster the data lives on the workers, and each trial checks its own."""
+    instead of failing every trial (`train=False`: only the test split, for trained runs that are
+    only evaluated). Synthetic drives are generated by the first trial that needs them; on a
+    cluster the data lives on the workers, and each trial checks its own."""
     if address or os.environ.get("RAY_ADDRESS"):
         return
     from depthcore.data import resolve_data
@@ -405,14 +413,20 @@ def _check_local_data(configs: Sequence[Config], address: str | None) -> None:
         key = repr((tree["data"], tree["eval"]))
         if cfg.data.dataset == "kitti" and key not in checked:
             checked.add(key)
-            resolve_data(cfg)
+            resolve_data(cfg, train=train)
 
 
 def _todo(index: SweepIndex, trials: Sequence[Trial]) -> list[Trial]:
-    """One trial per unfinished run; runs another process is training go last (waited for)."""
-    firsts = [group[0] for group in run_groups(trials).values()]
-    todo = [t for t in firsts if index.status_of(t.run_id) != "finished"]
-    return sorted(todo, key=lambda t: index.status_of(t.run_id) == "running")
+    """One trial per unfinished (run, evaluation); runs another process is training, and second
+    evaluations of a run to train, go last (they wait for the training)."""
+    work = pending_work(index.results, trials)
+    training = {t.run_id: t for t in work.train}
+
+    def last(trial: Trial) -> tuple[bool, bool]:
+        running = store.run_status(index.run_dir(trial.run_id)) == "running"
+        return running, training.get(trial.run_id, trial) is not trial
+
+    return sorted([*work.train, *work.evaluate], key=last)
 
 
 def _run_on_ray(
@@ -460,25 +474,27 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _prune_ray_checkpoints(grid: Any, job: _Job) -> None:
-    """Ray's copies of finished runs' checkpoints only cost disk: the run folder has final.json."""
+    """Ray's copies of trained runs' checkpoints only cost disk: the run folder has its own."""
     for result in grid:
         path = Path(result.path) if result.path else None
         if path is None or not path.is_dir() or not result.config:
             continue
         run_id = job.trial_for(result.config).run_id
-        if store.read_final(store.run_path(job.results, run_id)) is not None:
+        if store.read_trained(store.run_path(job.results, run_id)) is not None:
             for old in path.glob("checkpoint_*"):
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _summarise(sweep: Sweep, index: SweepIndex, trained: int, out: Out) -> SweepOutcome:
+def _summarise(
+    sweep: Sweep, index: SweepIndex, trained: int, out: Out, evaluated: int = 0
+) -> SweepOutcome:
     statuses = {tid: e["status"] for tid, e in index.entries.items()}
     errors = {
-        tid: index.run_dir(e["run_id"]) / store.ERROR_FILE
+        tid: store.error_path(index.run_dir(e["run_id"]), e.get("eval_id"))
         for tid, e in index.entries.items()
         if e["status"] == "failed"
     }
-    outcome = SweepOutcome(sweep.name, index.path, statuses, errors, trained)
+    outcome = SweepOutcome(sweep.name, index.path, statuses, errors, trained, evaluated)
     counts: dict[str, int] = {}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
@@ -489,6 +505,8 @@ def _summarise(sweep: Sweep, index: SweepIndex, trained: int, out: Out) -> Sweep
         out(f"  failed: {tid}: {error.get('type')}: {error.get('error')}  -> {path}")
     if any(s in ("interrupted", "pending", "running") for s in statuses.values()):
         out("  unfinished runs resume from their checkpoints when you rerun the same command")
+    if "trained" in statuses.values():
+        out("  trained runs not evaluated yet are evaluated (not trained) when you rerun it")
     return outcome
 
 

@@ -26,7 +26,8 @@ def _base_tree(config: str | Path | None, weights: Path, run_folder: bool) -> di
     return saved if saved is not None else {}
 
 
-def _load_run_networks(ckpt: Path, cfg: Config) -> Models:
+def load_run_networks(ckpt: Path, cfg: Config) -> Models:
+    """The networks of a run's checkpoint, built as `cfg.model` says (on the CPU)."""
     models = build_models(cfg.model.model_copy(update={"pretrained": False}))
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -57,7 +58,7 @@ def load_weights(
     tree = apply_overrides(_base_tree(config, path, ckpt.is_file()), overrides)
     if ckpt.is_file():
         cfg = config_from_dict(tree, source=str(path / store.CONFIG_FILE))
-        models = _load_run_networks(ckpt, cfg)
+        models = load_run_networks(ckpt, cfg)
     elif (path / "encoder.pth").is_file():
         cfg = config_from_dict(tree)
         models, height, width = load_monodepth2(path, cfg.model)

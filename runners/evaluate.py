@@ -1,8 +1,13 @@
 """Evaluate a run folder or a Monodepth2 model folder with the Eigen protocol.
 
   python runners/evaluate.py --weights DIR [--config CFG.yaml] [--set k=v ...] [--scales 0 1 2 3]
+                             [--out DIR] [--json FILE]
 
-A Monodepth2 folder (encoder.pth, depth.pth, ...) needs the data keys, e.g.
+A trained run folder gets the evaluation recorded in DIR/evals/<eval id>/ (final.json,
+per_image.csv, predictions.npz, eval.yaml), where a sweep asking for the same eval.* keys finds it
+and the report reads it. --out DIR records it in DIR instead (the only place for a Monodepth2
+folder's or an unfinished run's records). A Monodepth2 folder (encoder.pth, depth.pth, ...) needs
+the data keys, e.g.
   --set data.dataset=kitti --set data.root=kitti_data
 """
 
@@ -23,6 +28,9 @@ def main() -> int:
     parser.add_argument(
         "--scales", type=int, nargs="+", help="decoder scales (default: eval.scales)"
     )
+    parser.add_argument(
+        "--out", help="record the evaluation here (default: a trained run's evals/<eval id>/)"
+    )
     parser.add_argument("--json", help="also write the metrics per scale to this JSON file")
     add_set_option(parser)
     args = parser.parse_args()
@@ -30,12 +38,21 @@ def main() -> int:
     from depthcore import store
     from depthcore.evaluate import evaluate_weights
 
-    result, _ = evaluate_weights(
-        args.weights, config=args.config, overrides=args.overrides, scales=args.scales
+    done = evaluate_weights(
+        args.weights,
+        config=args.config,
+        overrides=args.overrides,
+        scales=args.scales,
+        out=args.out,
     )
+    result = done.evaluation
     by_scale = {str(s): m for s, m in result.metrics_by_scale.items()}
     print(f"{result.n_images} images")
     print(format_metrics(by_scale))
+    if done.folder is not None:
+        print(f"evaluation {done.cfg.eval_id()} recorded in {done.folder}")
+    else:
+        print(f"not recorded: {done.note}")
     if args.json:
         store.write_json_atomic(
             args.json, {"n_images": result.n_images, "metrics_by_scale": by_scale}

@@ -1,7 +1,8 @@
 """Run a sweep file on Ray Tune: python runners/sweep.py SWEEP.yaml [--set k=v ...] [--dry-run]
 
 Re-running the same command resumes: finished runs are skipped (in every sweep that shares them),
-interrupted ones continue from their checkpoints. Results: RESULTS/runs/<run id>/ and
+interrupted ones continue from their checkpoints; trained runs asked for another evaluation
+(other eval.* keys) are evaluated without training. Results: RESULTS/runs/<run id>/ and
 RESULTS/sweeps/<name>.yaml. Exit code 0 when every run finished, 1 if any failed, 2 for a bad
 sweep file or missing KITTI data (checked before Ray starts on a local machine). Reference:
 docs/sweeps.md, "Sweep-file reference".
@@ -83,7 +84,7 @@ def _estimate(sweep: Sweep, args: argparse.Namespace) -> BudgetGate | None:
     Returns the budget gate for the sweep (None without a budget)."""
     from depthcore import estimate as est_mod
     from depthcore import store
-    from depthcore.sweep import expand, plan_lines
+    from depthcore.sweep import expand, first_runs, plan_lines
 
     budget = args.budget or (sweep.file.budget.device_hours if sweep.file.budget else None)
     if sweep.file.search.method == "optuna":
@@ -98,8 +99,18 @@ def _estimate(sweep: Sweep, args: argparse.Namespace) -> BudgetGate | None:
     )
     kind = "cuda" if sweep.file.resources.gpu > 0 else "cpu"
     if args.dry_run:
-        runs = {t.run_id: store.run_status(store.run_path(args.results, t.run_id)) for t in trials}
-        print("\n".join([*plan_lines(sweep, trials, runs), *est_mod.estimate_lines(est, kind)]))
+        from depthcore.trials import pending_work
+
+        statuses = {
+            t.trial_id: store.run_status(store.run_path(args.results, t.run_id), t.eval_id)
+            for t in trials
+        }
+        sure = first_runs(sweep, trials)  # a race: the runs of its first look
+        work = pending_work(args.results, [t for t in trials if t.run_id in sure]).line()
+        if sweep.file.adaptive is not None:
+            work += " before the race's first look"
+        plan = [*plan_lines(sweep, trials, statuses), work]
+        print("\n".join([*plan, *est_mod.estimate_lines(est, kind)]))
         return None
     print("\n".join(est_mod.estimate_lines(est, kind, per_run=False)))
     if args.only is not None:

@@ -1,6 +1,7 @@
 """Train one model: python runners/train.py CONFIG.yaml [--set k=v ...] [--out DIR]
 
-Without --out the run goes to results/runs/<run id>; a folder holding a checkpoint resumes.
+Without --out the run goes to results/runs/<run id>; a folder holding a checkpoint resumes, and a
+trained run with other eval.* keys is only evaluated (into <run>/evals/<eval id>/).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main() -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out) if args.out else store.run_path(args.results, cfg.run_id())
     print(f"run {cfg.run_id()} -> {run_dir}")
+    if store.read_trained(run_dir) is not None:
+        print(f"trained already: evaluation {cfg.eval_id()} only (no training)")
     final = train(cfg, run_dir, progress=True)
     print(format_metrics(final["metrics_by_scale"]))
     print(json.dumps({k: final[k] for k in ("n_images", "epochs", "steps", "wall_time_s")}))

@@ -5,7 +5,9 @@ tests/, which pytest's default import mode puts on sys.path. Its own test is
 tests/test_report_fixtures.py.
 
 `write_sweep(results, name, trials)` writes run folders (config.yaml, metrics.jsonl, final.json,
-per_image.csv, predictions.npz, error.json) and the sweep index, with known numbers.
+per_image.csv, predictions.npz, error.json) and the sweep index, with known numbers: in the
+earlier layout (evaluation at the top of the run folder, no eval_id in the index), or, with
+`eval_id`, in evals/<eval_id>/ beside trained.json (the index naming it).
 """
 
 from __future__ import annotations
@@ -52,18 +54,25 @@ class Trial:
 
 
 def write_sweep(
-    results: Path, name: str, trials: list[Trial], *, dataset: str = "synthetic"
+    results: Path,
+    name: str,
+    trials: list[Trial],
+    *,
+    dataset: str = "synthetic",
+    eval_id: str | None = None,
 ) -> Path:
-    """Write every trial's run folder and `<results>/sweeps/<name>.yaml`; returns the index."""
+    """Write every trial's run folder and `<results>/sweeps/<name>.yaml`; returns the index.
+    `eval_id`: the evaluation's folder and the index's eval_id (default: the earlier layout)."""
     swept = list(dict.fromkeys(k for t in trials for k in t.params))
     rows = []
     for i, trial in enumerate(trials):
         if trial.state != "missing":
-            write_run(store.run_path(results, trial.run_id()), trial, dataset)
+            write_run(store.run_path(results, trial.run_id()), trial, dataset, eval_id)
         rows.append(
             {
                 "trial_id": f"t{i:03d}",
                 "run_id": trial.run_id(),
+                **({"eval_id": eval_id} if eval_id else {}),
                 "label": trial.label,
                 "role": trial.role,
                 "params": trial.params,
@@ -83,7 +92,7 @@ def write_sweep(
     return store.write_sweep_index(results, name, index)
 
 
-def write_run(run_dir: Path, trial: Trial, dataset: str) -> None:
+def write_run(run_dir: Path, trial: Trial, dataset: str, eval_id: str | None = None) -> None:
     config = {"data": {"dataset": dataset}, "train": {"seed": trial.seed}, "loss": {}}
     for key, value in trial.params.items():
         section, leaf = key.split(".", 1)
@@ -104,17 +113,21 @@ def write_run(run_dir: Path, trial: Trial, dataset: str) -> None:
             },
         )
         return
-    _write_final(run_dir, trial)
+    folder = run_dir
+    if eval_id is not None:
+        store.write_trained(run_dir, {"run_id": trial.run_id(), "seed": trial.seed})
+        folder = store.eval_path(run_dir, eval_id)
+    _write_final(folder, trial)
     if trial.per_image is not None:
-        _write_per_image(run_dir, trial)
+        _write_per_image(folder, trial)
     if trial.predictions:
-        _write_predictions(run_dir, trial)
+        _write_predictions(folder, trial)
     if trial.state == "corrupt":  # a crash mid-write: torn files everywhere
-        (run_dir / store.FINAL_FILE).write_text('{"run_id": "x", "metrics": {"abs_')
+        (folder / store.FINAL_FILE).write_text('{"run_id": "x", "metrics": {"abs_')
         with open(run_dir / store.METRICS_FILE, "a") as fh:
             fh.write('{"type": "epoch", "epoch": 3, "abs_re')
-        text = (run_dir / store.PER_IMAGE_FILE).read_text() if trial.per_image is not None else ""
-        (run_dir / store.PER_IMAGE_FILE).write_text(text[: len(text) // 2])
+        text = (folder / store.PER_IMAGE_FILE).read_text() if trial.per_image is not None else ""
+        (folder / store.PER_IMAGE_FILE).write_text(text[: len(text) // 2])
 
 
 def _write_curves(run_dir: Path, trial: Trial) -> None:

@@ -139,12 +139,13 @@ def test_budget_reached_mid_sweep_and_a_larger_budget_finishes(
     assert statuses == ["finished", "pending"], statuses
     assert "budget reached" in capsys.readouterr().out
     done = next(t for t in trials if first.statuses[t.trial_id] == "finished")
-    final_before = (store.run_path(tmp_path, done.run_id) / store.FINAL_FILE).read_bytes()
+    final_path = store.eval_path(store.run_path(tmp_path, done.run_id), done.eval_id)
+    final_before = (final_path / store.FINAL_FILE).read_bytes()
 
     larger = BudgetGate(1e6, str(tmp_path), runs)
     second = run_sweep(sweep, tmp_path, dashboard=False, budget=larger)
     assert second.exit_code == 0 and second.trained == 1
-    final_after = store.run_path(tmp_path, done.run_id) / store.FINAL_FILE
+    final_after = final_path / store.FINAL_FILE
     assert final_after.read_bytes() == final_before  # not retrained
     cost = json.loads((store.run_path(tmp_path, done.run_id) / store.COST_FILE).read_text())
     assert cost["segments"] == 1

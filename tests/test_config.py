@@ -178,3 +178,152 @@ def test_a_new_training_recipe_gives_new_run_ids(monkeypatch: pytest.MonkeyPatch
     assert cfg.identity()["recipe"] == config.RECIPE_VERSION
     monkeypatch.setattr(config, "RECIPE_VERSION", config.RECIPE_VERSION + 1)
     assert cfg.run_id() != before
+
+
+# ----------------------------------------------------------------------------------------------
+# Run identity (training only) and evaluation identity, key by key. The lists are written out
+# here, not taken from depthcore.config, so that a key moved between them there is caught.
+
+# Keys that only change speed, logging or where data lives: the run id stays.
+NON_IDENTITY = {
+    "data.root": "/somewhere/else",
+    "data.num_workers": 3,
+    "data.cache": False,
+    "data.cache_dir": "/tmp/elsewhere",
+    "train.device": "cpu",
+    "train.compile": "loss",
+    "train.cuda_graph": False,
+    "train.pose_stream": True,
+    "train.loss_impl": "reference",
+    "train.host_memory": "system",
+    "train.log_every": 7,
+}
+# eval keys that change an evaluation's metrics: the eval id changes, the run id stays.
+EVAL_IDENTITY = {
+    "eval.split_dir": "/data/splits/eigen_benchmark",
+    "eval.gt_path": "/data/gt_improved.npz",
+    "eval.scales": [0, 1],
+    "eval.min_depth": 0.01,
+    "eval.max_depth": 50.0,
+    "eval.median_scaling": False,
+    "eval.garg_crop": False,
+    "eval.post_process": True,
+    "eval.max_images": 10,
+}
+# eval keys that change neither id (every_epoch: the learning curves, a record of training).
+EVAL_NON_IDENTITY = {"eval.batch_size": 3, "eval.every_epoch": False, "eval.save_predictions": 0}
+# Keys of the training: both the run id changes and the eval id stays.
+IDENTITY = {
+    "data.dataset": "kitti",
+    "data.split_dir": "/data/splits/eigen_full",
+    "data.height": 256,
+    "data.width": 832,
+    "data.img_ext": ".png",
+    "data.intrinsics": "calib",
+    "data.frame_ids": [0, -1],
+    "data.augment": False,
+    "data.synthetic.drives": 3,
+    "data.synthetic.frames": 50,
+    "data.synthetic.native_width": 621,
+    "data.synthetic.native_height": 188,
+    "data.synthetic.seed": 1,
+    "model.encoder": "resnet50",
+    "model.pretrained": False,
+    "model.scales": [0, 1],
+    "model.upsample": "subpixel",
+    "model.min_depth": 0.2,
+    "model.max_depth": 90.0,
+    "loss.photometric": "l1",
+    "loss.ssim_weight": 0.5,
+    "loss.ssim_window": 5,
+    "loss.c1": 1e-3,
+    "loss.c2": 1e-2,
+    "loss.smoothness": 1e-2,
+    "loss.automask": False,
+    "loss.min_reprojection": False,
+    "optim.lr": 2e-4,
+    "optim.batch_size": 12,
+    "optim.warmup_steps": 0,
+    "optim.lr_step_epochs": 10,
+    "optim.lr_gamma": 0.5,
+    "train.epochs": 5,
+    "train.steps_per_epoch": 10,
+    "train.seed": 1,
+    "train.amp": False,
+    "train.deterministic": True,
+}
+# Loss weights the default kind (standard) ignores: test_identity_ignores_unused_weights...
+UNUSED_BY_STANDARD = {"loss.alpha", "loss.beta", "loss.gamma", "loss.w_mae", "loss.w_l"}
+UNUSED_BY_STANDARD |= {"loss.w_c", "loss.w_s"}
+
+
+def _with(key: str, value: object) -> Config:
+    return load_config(None, [f"{key}={value}".replace("'", "")])
+
+
+def test_every_config_key_has_a_place_in_the_identities() -> None:
+    """A new key must be put in one of the lists above: part of the run, the evaluation or
+    neither (a key forgotten there would silently change every id or none)."""
+    from depthcore.sweep import _config_keys
+
+    placed = [*NON_IDENTITY, *EVAL_IDENTITY, *EVAL_NON_IDENTITY, *IDENTITY, *UNUSED_BY_STANDARD]
+    assert len(placed) == len(set(placed))
+    assert set(_config_keys()) == set(placed)
+
+
+@pytest.mark.parametrize(("key", "value"), sorted({**NON_IDENTITY, **EVAL_NON_IDENTITY}.items()))
+def test_speed_logging_and_location_keys_change_no_id(key: str, value: object) -> None:
+    base, other = load_config(), _with(key, value)
+    assert other != base
+    assert (other.run_id(), other.eval_id()) == (base.run_id(), base.eval_id())
+
+
+@pytest.mark.parametrize(("key", "value"), sorted(EVAL_IDENTITY.items()))
+def test_evaluation_keys_change_the_eval_id_not_the_run_id(key: str, value: object) -> None:
+    base, other = load_config(), _with(key, value)
+    assert other.run_id() == base.run_id()
+    assert other.eval_id() != base.eval_id()
+
+
+@pytest.mark.parametrize(("key", "value"), sorted(IDENTITY.items()))
+def test_training_keys_change_the_run_id_not_the_eval_id(key: str, value: object) -> None:
+    base, other = load_config(), _with(key, value)
+    assert other.run_id() != base.run_id()
+    if key != "data.dataset":  # kitti: an unset eval.split_dir means the bundled eigen split
+        assert other.eval_id() == base.eval_id()
+
+
+def test_evaluation_identity_counts_locations_by_name_and_the_kitti_default() -> None:
+    kitti = load_config(None, ["data.dataset=kitti"])
+    explicit = load_config(None, ["data.dataset=kitti", "eval.split_dir=/x/eigen"])
+    assert kitti.eval_id() == explicit.eval_id()
+    moved = load_config(None, ["eval.gt_path=/a/gt_depths.npz"])
+    assert moved.eval_id() == load_config(None, ["eval.gt_path=/b/gt_depths.npz"]).eval_id()
+    assert kitti.eval_identity()["recipe"] == load_config().eval_identity()["recipe"]
+
+
+def test_a_new_evaluation_recipe_gives_new_eval_ids_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from depthcore import config
+
+    cfg = load_config()
+    run_id, eval_id = cfg.run_id(), cfg.eval_id()
+    monkeypatch.setattr(config, "EVAL_RECIPE_VERSION", config.EVAL_RECIPE_VERSION + 1)
+    assert cfg.run_id() == run_id and cfg.eval_id() != eval_id
+
+
+@pytest.mark.parametrize(
+    ("overrides", "legacy_id"),
+    [
+        ([], "be9b256aa6e8ecbd"),
+        (["data.dataset=kitti"], "506a1f3e2b228b0f"),
+        (["eval.max_images=5", "eval.post_process=true"], "2b3f94b282b7624c"),
+        (["eval.every_epoch=false", "train.log_every=7"], "be9b256aa6e8ecbd"),
+    ],
+)
+def test_legacy_run_ids_are_those_of_the_version_before_evaluation_ids(
+    overrides: list[str], legacy_id: str
+) -> None:
+    """The run ids that version gave these configs (computed with it): how run folders it wrote
+    are recognised (depthcore.store.legacy_eval_id, the engine's same-run check)."""
+    cfg = load_config(None, overrides)
+    assert cfg.legacy_run_id() == legacy_id != cfg.run_id()

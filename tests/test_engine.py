@@ -44,8 +44,14 @@ def test_run_writes_the_results_contract(tiny_overrides, tmp_path) -> None:
     )
     final = engine.train(cfg, tmp_path, progress=False)
     assert store.run_status(tmp_path) == "finished"
-    on_disk = json.loads((tmp_path / store.FINAL_FILE).read_text())
+    assert store.run_status(tmp_path, cfg.eval_id()) == "finished"
+    trained = store.read_trained(tmp_path)
+    assert trained["run_id"] == cfg.run_id() and trained["cost"] == final["cost"]
+    folder = tmp_path / store.EVALS_DIR / cfg.eval_id()  # the evaluation's own folder
+    assert not (tmp_path / store.FINAL_FILE).exists()
+    on_disk = json.loads((folder / store.FINAL_FILE).read_text())
     assert on_disk == final and final["run_id"] == cfg.run_id()
+    assert final["eval_id"] == cfg.eval_id() == store.read_eval_config(folder)["eval_id"]
     assert set(final["metrics_by_scale"]) == {"0", "2", "4"}
     assert final["metrics"] == final["metrics_by_scale"]["0"]
     assert list(final["metrics"]) == list(METRIC_NAMES)
@@ -54,10 +60,10 @@ def test_run_writes_the_results_contract(tiny_overrides, tmp_path) -> None:
     records = store.read_jsonl(tmp_path / store.METRICS_FILE)
     assert [r["type"] for r in records] == ["train", "train", "epoch", "cost"]
     assert "abs_rel" in records[-2] and np.isfinite(records[-2]["train_loss"])
-    header, *rows = (tmp_path / store.PER_IMAGE_FILE).read_text().splitlines()
+    header, *rows = (folder / store.PER_IMAGE_FILE).read_text().splitlines()
     assert header.split(",") == ["image", "scale", *METRIC_NAMES]
     assert len(rows) == 3 * final["n_images"]
-    preds = np.load(tmp_path / store.PREDICTIONS_FILE)
+    preds = np.load(folder / store.PREDICTIONS_FILE)
     n = preds["rgb"].shape[0]
     assert preds["rgb"].shape == (n, 64, 192, 3) and preds["disp"].shape == (n, 3, 64, 192)
     assert list(preds["scales"]) == [0, 2, 4]
@@ -79,7 +85,7 @@ def test_folder_of_another_run_is_refused(tiny_cfg, tiny_overrides, tmp_path) ->
     other = load_config(None, [*tiny_overrides, "loss.photometric=l1"])
     with pytest.raises(ConfigError, match="holds a different run"):  # not the other's result
         engine.train(other, tmp_path, progress=False)
-    (tmp_path / store.FINAL_FILE).unlink()
+    (tmp_path / store.TRAINED_FILE).unlink()
     with pytest.raises(ConfigError, match="holds a different run"):
         engine.train(other, tmp_path, progress=False)
     # Without a readable config.yaml the checkpoint tells; nothing is overwritten or recorded.
@@ -102,7 +108,7 @@ def test_a_folder_where_nothing_was_trained_can_be_reused(tiny_overrides, tmp_pa
 @pytest.mark.slow
 def test_damaged_checkpoint_names_itself_and_partial_files_are_removed(tiny_cfg, tmp_path) -> None:
     engine.train(tiny_cfg, tmp_path, progress=False)
-    (tmp_path / store.FINAL_FILE).unlink()
+    (tmp_path / store.TRAINED_FILE).unlink()
     ckpt = tmp_path / store.CHECKPOINT_DIR / store.CHECKPOINT_FILE
     whole = ckpt.read_bytes()
     ckpt.write_bytes(whole[: len(whole) // 2])
@@ -112,7 +118,7 @@ def test_damaged_checkpoint_names_itself_and_partial_files_are_removed(tiny_cfg,
     partial = ckpt.with_name(".state.killed.pt")  # a writer killed mid-way
     partial.write_bytes(whole[:100])
     engine.train(tiny_cfg, tmp_path, progress=False)
-    assert not partial.exists() and store.read_final(tmp_path) is not None
+    assert not partial.exists() and store.read_trained(tmp_path) is not None
 
 
 @pytest.mark.slow

@@ -284,3 +284,104 @@ def test_tensorboard_links_name_runs_by_trial_id(tmp_path: Path) -> None:
     store.link_tensorboard(tmp_path, "sw", "a,seed=1", "r2")  # the trial's run changed
     assert link.resolve() == other.resolve()
     assert [p.name for p in link.parent.iterdir()] == ["a,seed=1"]  # no temporary left
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluations: runs/<id>/trained.json + evals/<eval id>/, and folders of the earlier layout
+
+
+def _config(*overrides: str) -> Any:
+    from depthcore.config import load_config
+
+    return load_config(None, list(overrides))
+
+
+def test_trained_run_and_its_evaluations_round_trip(tmp_path: Path) -> None:
+    cfg = _config("eval.max_images=5")
+    other = _config("eval.post_process=true")
+    run = store.run_path(tmp_path, cfg.run_id())
+    store.write_text_atomic(run / store.CONFIG_FILE, cfg.to_yaml())
+    assert store.run_status(run, cfg.eval_id()) == "pending" and store.read_trained(run) is None
+    trained = {"run_id": cfg.run_id(), "epochs": 2, "steps": 8, "seed": 1234}
+    store.write_trained(run, trained)
+    assert store.read_trained(run) == trained and store.run_status(run) == "finished"
+    assert store.run_status(run, cfg.eval_id()) == "trained"  # trained, not evaluated this way
+    folder = store.eval_path(run, cfg.eval_id())
+    store.write_eval_config(folder, {"eval_id": cfg.eval_id(), "eval": {"max_images": 5}})
+    store.write_json_atomic(folder / store.FINAL_FILE, {"run_id": cfg.run_id(), "metrics": {}})
+    assert store.read_eval_config(folder)["eval"] == {"max_images": 5}
+    assert store.find_evaluation(run, cfg.eval_id()) == folder
+    assert store.read_evaluation(run, cfg.eval_id())["run_id"] == cfg.run_id()
+    assert store.run_status(run, cfg.eval_id()) == "finished"
+    assert store.find_evaluation(run, other.eval_id()) is None
+    assert store.find_evaluation(run, None) is None  # no top-level (earlier layout) evaluation
+    assert store.run_status(run, other.eval_id()) == "trained"
+    assert store.error_path(run, other.eval_id()) == store.eval_path(run, other.eval_id()) / (
+        store.ERROR_FILE
+    )
+    store.write_error(store.eval_path(run, other.eval_id()), kind="DataError", message="x", step=0)
+    assert store.run_status(run, other.eval_id()) == "failed"
+    assert store.run_status(run) == "finished"  # a failed evaluation is no failed training
+    with store.RunLock(run):
+        assert store.run_status(run, other.eval_id()) == "running"  # being evaluated
+
+
+def test_an_untrained_run_has_the_trainings_status_and_error_file(tmp_path: Path) -> None:
+    cfg = _config()
+    run = tmp_path / "r"
+    store.write_error(run, kind="TrainingError", message="nan", step=3)
+    assert store.run_status(run, cfg.eval_id()) == "failed"
+    assert store.error_path(run, cfg.eval_id()) == run / store.ERROR_FILE
+
+
+def write_earlier_layout(run: Path, cfg: Any, run_id: str | None = None) -> None:
+    """A run folder as the version before evaluation ids wrote it: config.yaml, final.json
+    (metrics and the training's record, named by the legacy run id) and per_image.csv at the top,
+    no trained.json, no evals/."""
+    from depthcore.metrics import METRIC_NAMES
+
+    store.write_text_atomic(run / store.CONFIG_FILE, cfg.to_yaml())
+    metrics = dict.fromkeys(METRIC_NAMES, 0.5)
+    final = {
+        "run_id": run_id or cfg.legacy_run_id(),
+        "metrics": metrics,
+        "metrics_by_scale": {"0": metrics},
+        "n_images": 2,
+        "epochs": 2,
+        "steps": 8,
+        "seed": cfg.train.seed,
+    }
+    store.write_json_atomic(run / store.FINAL_FILE, final)
+    rows = [{"image": i, "scale": 0, **metrics} for i in range(2)]
+    store.write_per_image(run, rows)
+
+
+def test_a_run_folder_of_the_earlier_layout_is_read(tmp_path: Path) -> None:
+    cfg = _config("eval.max_images=5")
+    run = tmp_path / "old"
+    write_earlier_layout(run, cfg)
+    assert store.read_trained(run)["epochs"] == 2 and store.run_status(run) == "finished"
+    assert store.legacy_eval_id(run) == cfg.eval_id()
+    # Its own evaluation (the one its config.yaml gives) is the top of the folder...
+    assert store.find_evaluation(run, cfg.eval_id()) == run
+    assert store.find_evaluation(run, None) == run  # an index of that version names none
+    assert store.run_status(run, cfg.eval_id()) == "finished"
+    assert store.read_per_image(store.find_evaluation(run, cfg.eval_id())) is not None
+    # ...any other is still to be made, in evals/ like a new run's.
+    other = _config("eval.max_images=6")
+    assert store.find_evaluation(run, other.eval_id()) is None
+    assert store.run_status(run, other.eval_id()) == "trained"
+    store.write_json_atomic(
+        store.eval_path(run, other.eval_id()) / store.FINAL_FILE, {"metrics": {}}
+    )
+    assert store.find_evaluation(run, other.eval_id()) == store.eval_path(run, other.eval_id())
+    assert store.find_evaluation(run, cfg.eval_id()) == run
+
+
+def test_a_final_json_of_another_recipe_is_no_evaluation(tmp_path: Path) -> None:
+    cfg = _config()
+    write_earlier_layout(tmp_path, cfg, run_id="0123456789abcdef")  # e.g. recipe 2's id
+    assert store.legacy_eval_id(tmp_path) is None
+    assert store.find_evaluation(tmp_path, cfg.eval_id()) is None
+    (tmp_path / store.CONFIG_FILE).write_text("{broken")
+    assert store.legacy_eval_id(tmp_path) is None

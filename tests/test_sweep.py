@@ -267,6 +267,7 @@ def test_index_entry_and_swept_keys() -> None:
     assert entry == {
         "trial_id": trials[2].trial_id,
         "run_id": trials[2].config.run_id(),
+        "eval_id": trials[2].config.eval_id(),
         "label": None,
         "role": None,
         "params": {"loss.photometric": "ssim_m", "loss.alpha": 2, "loss.beta": 1, "loss.gamma": 1},

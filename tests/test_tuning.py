@@ -144,7 +144,8 @@ def test_sweep_writes_the_results_contract_and_a_rerun_trains_nothing(
             0.6,
         )
     index = yaml.safe_load((tmp_path / "sweeps" / "e2e.yaml").read_text())
-    assert set(index) == {"name", "sweep_file", "updated", "metric", "mode", "swept", "trials"}
+    keys = {"name", "sweep_file", "updated", "metric", "mode", "swept", "trials", "evaluations"}
+    assert set(index) == keys
     assert (index["name"], index["metric"], index["mode"]) == ("e2e", "abs_rel", "min")
     assert index["swept"] == ["loss.w_c"]
     assert [t["status"] for t in index["trials"]] == ["finished", "finished"]
@@ -153,7 +154,7 @@ def test_sweep_writes_the_results_contract_and_a_rerun_trains_nothing(
 
     again = run_sweep(sweep, tmp_path, train_fn=must_not_train)
     assert again.exit_code == 0 and again.trained == 0
-    assert "0 to train" in capsys.readouterr().out
+    assert "0 runs to train, 0 to evaluate only" in capsys.readouterr().out
 
     # Another sweep sharing one run: only its new run trains.
     wider = make_sweep("wider", grid={"loss.w_c": [0.6, 0.8]})
@@ -318,7 +319,9 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path: Path) -> None:
 
     def finish_elsewhere() -> None:
         time.sleep(0.5)
-        store.write_json_atomic(run_dir / store.FINAL_FILE, {"metrics": {"abs_rel": 0.5}})
+        store.write_trained(run_dir, {"run_id": trial.run_id})
+        final = {"metrics": {"abs_rel": 0.5}}
+        store.write_json_atomic(store.eval_path(run_dir, trial.eval_id) / store.FINAL_FILE, final)
         lock.release()
 
     thread = threading.Thread(target=finish_elsewhere)
@@ -392,3 +395,57 @@ def test_an_unreachable_address_fails_fast() -> None:
     with pytest.raises(ConnectionError, match=f"nothing answers at 127.0.0.1:{port}"):
         _check_reachable(f"127.0.0.1:{port}")  # closed now: Ray itself would retry for minutes
     _check_reachable("auto")  # resolved by Ray
+
+
+# ----------------------------------------------------------------------------------------------
+# Train once, evaluate many: trials that differ only in eval.* keys share one run
+
+
+def train_and_evaluate(cfg: Any, run_dir: str | Path, **_: Any) -> dict[str, Any]:
+    """The engine's contract for evaluations: train once (trained.json), then record the
+    evaluation `cfg.eval` asks for in evals/<eval id>/; a trained run is only evaluated."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with store.RunLock(run_dir):
+        if store.read_trained(run_dir) is None:
+            store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
+            store.append_jsonl(run_dir / ATTEMPTS, {"trained": cfg.run_id()})
+            store.write_trained(run_dir, {"run_id": cfg.run_id(), "epochs": cfg.train.epochs})
+        found = store.read_evaluation(run_dir, cfg.eval_id())
+        if found is not None:
+            return found
+        store.append_jsonl(run_dir / "evaluations.jsonl", {"eval_id": cfg.eval_id()})
+        final = {"run_id": cfg.run_id(), "eval_id": cfg.eval_id(), "epochs": cfg.train.epochs}
+        final["metrics"] = {"abs_rel": 0.1 * cfg.eval.max_images}
+        store.write_json_atomic(store.eval_path(run_dir, cfg.eval_id()) / store.FINAL_FILE, final)
+        return final
+
+
+@pytest.mark.slow
+def test_trials_differing_in_eval_keys_train_once_and_evaluate_each(
+    ray_local: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = make_sweep("evals", grid={"eval.max_images": [1, 2]})
+    one, two = expand(sweep)
+    assert one.run_id == two.run_id and one.eval_id != two.eval_id
+    outcome = run_sweep(sweep, tmp_path, train_fn=train_and_evaluate)
+    assert outcome.exit_code == 0, capsys.readouterr().out
+    assert (outcome.trained, outcome.evaluated) == (1, 1)
+    assert "1 runs to train, 1 to evaluate only" in capsys.readouterr().out
+    run_dir = store.run_path(tmp_path, one.run_id)
+    assert len(attempts(tmp_path, one.run_id)) == 1
+    assert len(store.read_jsonl(run_dir / "evaluations.jsonl")) == 2
+    index = yaml.safe_load((tmp_path / "sweeps" / "evals.yaml").read_text())
+    assert [t["eval_id"] for t in index["trials"]] == [one.eval_id, two.eval_id]
+    assert [t["status"] for t in index["trials"]] == ["finished", "finished"]
+    assert index["evaluations"][two.eval_id]["max_images"] == 2
+
+    # Another sweep asking the trained run for one known and one new evaluation: no training.
+    more = make_sweep("more", grid={"eval.max_images": [2, 3]})
+    outcome = run_sweep(more, tmp_path, train_fn=train_and_evaluate)
+    assert (outcome.exit_code, outcome.trained, outcome.evaluated) == (0, 0, 1)
+    assert "0 runs to train, 1 to evaluate only (trained already), 1 trials done" in (
+        capsys.readouterr().out
+    )
+    assert len(attempts(tmp_path, one.run_id)) == 1
+    assert len(store.read_jsonl(run_dir / "evaluations.jsonl")) == 3

@@ -16,7 +16,8 @@ from depthcore.trials import execute_trial
 from depthcore.tuning import run_sweep
 
 SMOKE = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
-CONTRACT = ("config.yaml", "metrics.jsonl", "final.json", "per_image.csv", "predictions.npz")
+CONTRACT = ("config.yaml", "metrics.jsonl", "trained.json")
+EVAL_CONTRACT = ("eval.yaml", "final.json", "per_image.csv", "predictions.npz")
 
 
 def engine_killed_once(cfg: Any, run_dir: Any, *, report: Any = None, **kw: Any) -> dict:
@@ -56,12 +57,14 @@ def test_engine_trial_killed_after_a_checkpoint_resumes_exactly(
     assert "retry   a,seed=1234" in out
     run_dir = store.run_path(results, trial.run_id)
     assert all((run_dir / name).is_file() for name in CONTRACT)
+    evaluation = store.eval_path(run_dir, trial.eval_id)
+    assert all((evaluation / name).is_file() for name in EVAL_CONTRACT)
     assert store.has_checkpoint(run_dir) and not (run_dir / store.ERROR_FILE).exists()
     records = store.read_jsonl(run_dir / store.METRICS_FILE)
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]  # epoch 1 logged once
     # The retried run ends exactly where an uninterrupted one does.
     clean = execute_trial(trial, tmp_path / "clean", train)
-    resumed = store.read_final(run_dir)
+    resumed = store.read_evaluation(run_dir, trial.eval_id)
     assert resumed["metrics_by_scale"] == clean["metrics_by_scale"]
     assert resumed["steps"] == clean["steps"] == 2
 

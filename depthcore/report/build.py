@@ -155,7 +155,36 @@ def _summary(data: SweepData, configs: pd.DataFrame) -> list[str]:
     ]
     if data.params:
         lines.append(f"Swept: {', '.join(data.params)}. Primary metric: {data.metric}.")
+    lines += evaluation_lines(data)
     return lines
+
+
+def evaluation_lines(data: SweepData) -> list[str]:
+    """How the sweep's trials were evaluated: one line per evaluation id the index names."""
+    lines = []
+    for eval_id, settings in (data.evaluations or {}).items():
+        n = int((data.runs["eval_id"] == eval_id).sum())
+        shown = describe_evaluation(settings) if isinstance(settings, dict) else "?"
+        lines.append(f"Evaluation {eval_id} ({n} trials): {shown}.")
+    return lines
+
+
+def describe_evaluation(settings: dict) -> str:
+    """An evaluation's settings (Config.eval_identity) in words."""
+    scales = ", ".join(str(s) for s in settings.get("scales") or [])
+    images = settings.get("max_images")
+    parts = [
+        f"scale{'s' if len(settings.get('scales') or []) > 1 else ''} {scales}",
+        "post-processed" if settings.get("post_process") else "no post-processing",
+        f"first {images} test images" if images else "all test images",
+        f"depth {settings.get('min_depth')} to {settings.get('max_depth')} m",
+        "median scaling" if settings.get("median_scaling") else "no median scaling",
+        "Garg crop" if settings.get("garg_crop") else "no Garg crop",
+    ]
+    for key, name in (("split_dir", "split"), ("gt_path", "ground truth")):
+        if settings.get(key):
+            parts.append(f"{name} {settings[key]}")
+    return ", ".join(parts)
 
 
 def _ablation(
@@ -370,13 +399,13 @@ def _slug(text: str) -> str:
 
 
 def per_scale_table(data: SweepData, configs: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds of final.json metrics_by_scale, for configurations with 2+ scales."""
+    """Mean over seeds of the evaluations' metrics_by_scale, for configurations with 2+ scales."""
     rows = []
     for _, config in configs.iterrows():
         runs = data.runs[
             (data.runs["config"] == config["config"]) & (data.runs["status"] == "finished")
         ]
-        by_run = [store.read_scales(d) for d in runs["run_dir"] if d]
+        by_run = [store.read_scales(d) for d in runs["eval_dir"] if d]
         scales = sorted({s for r in by_run for s in r})
         if len(scales) < 2:
             continue
@@ -516,8 +545,8 @@ def _chosen_predictions(data: SweepData, configs: pd.DataFrame) -> list[tuple[st
         runs = data.runs[
             (data.runs["config"] == config["config"]) & (data.runs["status"] == "finished")
         ]
-        for run_dir in runs["run_dir"]:
-            pred = store.read_predictions(run_dir) if run_dir else None
+        for folder in runs["eval_dir"]:
+            pred = store.read_predictions(folder) if folder else None
             if pred is not None:
                 picked.append((config["name"], pred))
                 break

@@ -25,7 +25,12 @@ BASELINE = "baseline"
 SEED_KEYS = ("train.seed", "seed")
 # Columns of an imported CSV that are not hyperparameters.
 CSV_RESERVED = ("seed", "label", "role")
-RUN_COLUMNS = ("trial_id", "run_id", "label", "role", "seed", "status", "message", "run_dir")
+# run_dir: the run folder (curves, cost); eval_dir: the folder of the evaluation the index names
+# (final.json, per_image.csv, predictions.npz; the run folder itself in the earlier layout).
+RUN_COLUMNS = (
+    "trial_id", "run_id", "label", "role", "seed", "status", "message", "run_dir", "eval_id",
+    "eval_dir",
+)  # fmt: skip
 RACE_COLUMNS = ("seeds_run", "stop_reason")  # adaptive seeds: the race's record per trial
 DESIGNS = ("grid", "trials", "search")  # the sweep index's `design`
 
@@ -46,6 +51,7 @@ class SweepData:
     source: str  # "results" or "csv"
     race: dict[str, Any] | None = None  # the index's `seeds: {start, max, ...}` when raced
     estimate: dict[str, Any] | None = None  # the index's cost estimate from the sweep's start
+    evaluations: dict[str, Any] | None = None  # eval id -> its settings (the index's)
     # How the trials were chosen: "grid", "trials" (listed), "search" (sampled; not a factorial
     # design); None for an imported CSV or an index written before the index recorded it.
     design: str | None = None
@@ -97,6 +103,7 @@ def load_sweep_results(results: Path, name: str) -> SweepData:
     runs = _runs_frame(rows, params)
     metric = str(index.get("metric")) if index.get("metric") in METRIC_NAMES else METRIC_NAMES[0]
     race = index.get("seeds") if isinstance(index.get("seeds"), dict) else None
+    evaluations = index.get("evaluations") if isinstance(index.get("evaluations"), dict) else None
     return SweepData(
         str(index.get("name") or name),
         params,
@@ -106,6 +113,7 @@ def load_sweep_results(results: Path, name: str) -> SweepData:
         "results",
         race,
         index_estimate(index),
+        evaluations,
         design=str(index["design"]) if index.get("design") in DESIGNS else None,
     )
 
@@ -135,8 +143,11 @@ def _swept_keys(index: dict[str, Any], trials: list[dict[str, Any]]) -> tuple[st
 def _trial_row(results: Path, trial: dict[str, Any], params: tuple[str, ...]) -> dict[str, Any]:
     run_id = str(trial.get("run_id") or "")
     run_dir = store.run_path(results, run_id) if run_id else None
-    final = store.read_final(run_dir) if run_dir else None
-    status, message = _status(run_dir, final)
+    # An index of the earlier layout names no evaluation: the run's own (top-level) one.
+    eval_id = str(trial["eval_id"]) if trial.get("eval_id") else None
+    folder = store.find_evaluation(run_dir, eval_id) if run_dir else None
+    final = store.read_final(folder) if folder is not None else None
+    status, message = _status(run_dir, eval_id, final)
     values = trial.get("params") or {}
     row: dict[str, Any] = {
         "trial_id": str(trial.get("trial_id") or run_id),
@@ -147,6 +158,8 @@ def _trial_row(results: Path, trial: dict[str, Any], params: tuple[str, ...]) ->
         "status": status,
         "message": message,
         "run_dir": str(run_dir) if run_dir else "",
+        "eval_id": eval_id,
+        "eval_dir": str(folder) if folder is not None else "",
     }
     row.update({key: trial.get(key) for key in RACE_COLUMNS if key in trial})
     row.update({key: values.get(key) for key in params})
@@ -155,18 +168,25 @@ def _trial_row(results: Path, trial: dict[str, Any], params: tuple[str, ...]) ->
     return row
 
 
-def _status(run_dir: Path | None, final: dict[str, Any] | None) -> tuple[str, str]:
-    """The run's status from its files, and why it is not finished."""
+def _status(
+    run_dir: Path | None, eval_id: str | None, final: dict[str, Any] | None
+) -> tuple[str, str]:
+    """The trial's status from its files (finished: its evaluation is recorded), and why it is
+    not finished."""
     if final is not None:
         return "finished", ""
     if run_dir is None or not run_dir.is_dir():
         return "missing", "no run folder"
-    status = store.run_status(run_dir)
-    error = store.read_error(run_dir)
+    status = store.run_status(run_dir, eval_id)
+    error_file = store.error_path(run_dir, eval_id)
+    error = store.read_error(error_file.parent)
     if error is not None:
         return status, f"{error.get('type') or 'Error'}: {error.get('error') or ''}".strip()
-    if (run_dir / store.FINAL_FILE).exists():
-        return status, f"{store.FINAL_FILE} unreadable (corrupt or half-written)"
+    for folder in (error_file.parent, run_dir):
+        if (folder / store.FINAL_FILE).exists() and store.read_final(folder) is None:
+            return status, f"{store.FINAL_FILE} unreadable (corrupt or half-written)"
+    if status == "trained":
+        return status, "trained, not evaluated this way yet: rerun the sweep to evaluate it"
     return status, ""
 
 
@@ -280,7 +300,9 @@ def _read_csv_text(path: Path) -> pd.DataFrame:
 
 
 # Columns the report itself keeps per run: a CSV column of that name would collide.
-_CSV_INTERNAL = ("trial_id", "run_id", "status", "message", "run_dir", "config")
+_CSV_INTERNAL = (
+    "trial_id", "run_id", "status", "message", "run_dir", "eval_id", "eval_dir", "config",
+)  # fmt: skip
 
 
 def _check_csv_columns(path: Path, columns: list[str]) -> None:
@@ -309,6 +331,8 @@ def _csv_row(path: Path, table: pd.DataFrame, i: int, params: tuple[str, ...]) -
         "status": "finished",
         "message": "",
         "run_dir": "",
+        "eval_id": None,
+        "eval_dir": "",
     }
     row.update({k: _csv_param(raw[k]) for k in params})
     row.update({m: _csv_number(path, m, line, raw[m], required=True) for m in METRIC_NAMES})

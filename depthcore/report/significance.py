@@ -614,10 +614,11 @@ def race_decision(
 # The report's table
 
 
-def finished_per_image(run_dir: str | Path) -> pd.DataFrame | None:
-    """A finished run's per-image metrics (scale 0, in test order), else None: what the race and
-    the report's replay of it read."""
-    return store.read_per_image(run_dir) if store.read_final(run_dir) else None
+def finished_per_image(folder: str | Path) -> pd.DataFrame | None:
+    """A finished evaluation's per-image metrics (scale 0, in test order), else None: what the
+    race and the report's replay of it read. `folder`: the evaluation's folder
+    (`store.find_evaluation`; the run folder itself in the earlier layout)."""
+    return store.read_per_image(folder) if store.read_final(folder) else None
 
 
 def run_matrix(runs: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.Index]:
@@ -625,7 +626,8 @@ def run_matrix(runs: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.Index]:
 
     Images missing from a run are NaN there (compare drops them).
     """
-    read = [store.read_per_image(d) for d in runs.loc[runs["status"] == "finished", "run_dir"] if d]
+    finished = runs.loc[runs["status"] == "finished", "eval_dir"]  # the evaluation's folder
+    read = [store.read_per_image(d) for d in finished if d]
     tables = [t for t in read if t is not None]
     if not tables:
         return {}, pd.Index([])
@@ -713,12 +715,13 @@ def _raced_family(data: SweepData, baseline: str, others: pd.DataFrame) -> _Fami
     # Every configuration of the index, finished or not: the race waits for all of them.
     keys = [baseline, *(k for k in dict.fromkeys(data.runs["config"]) if k != baseline)]
     arms = {key: _seed_order(data.runs, key, plan.max) for key in keys}
-    run_dirs = dict(zip(data.runs["run_id"], data.runs["run_dir"], strict=True))
+    # The evaluation the index names for each run (a race has one per run).
+    eval_dirs = dict(zip(data.runs["run_id"], data.runs["eval_dir"], strict=True))
     tables = functools.cache(finished_per_image)
 
     def scores(metric: str) -> Callable[[str], np.ndarray | None]:
         def read(run_id: str) -> np.ndarray | None:
-            table = tables(run_dirs[run_id]) if run_dirs.get(run_id) else None
+            table = tables(eval_dirs[run_id]) if eval_dirs.get(run_id) else None
             return None if table is None else table[metric].to_numpy()
 
         return read

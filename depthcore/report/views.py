@@ -162,6 +162,7 @@ def runs_view(runs: pd.DataFrame, params: tuple[str, ...], finished: bool = Fals
         {
             "trial": part["trial_id"],
             "run": part["run_id"],
+            "evaluation": part["eval_id"].fillna(""),
             "configuration": [tables.config_name(row, params) for _, row in part.iterrows()],
             "seed": part["seed"].map(lambda s: "" if pd.isna(s) else str(int(s))),
             "status": part["status"],
