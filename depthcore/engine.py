@@ -43,6 +43,7 @@ from depthcore.evaluate import Evaluation, Predictions, evaluate_model
 from depthcore.hostmem import keep_freed_memory
 from depthcore.losses import LossTerms, compute_losses
 from depthcore.networks import Models, build_models, predict_depth, predict_poses
+from depthcore.plugins import check_plugin
 from depthcore.tensorboard import IMAGES, RunBoard, events_dir
 
 ReportFn = Callable[[dict[str, Any]], None]
@@ -329,6 +330,7 @@ class LossLog:
 
     steps: list[int] = field(default_factory=list)
     terms: list[torch.Tensor] = field(default_factory=list)  # (3,) total, photometric, smoothness
+    plugin: str | None = None  # loss.custom.fn: a non-finite first step is the plugin's error
 
     def add(self, step: int, t: LossTerms) -> None:
         self.steps.append(step)
@@ -345,6 +347,13 @@ class LossLog:
         bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
         if bad.size:
             total, photo, smooth = values[bad[0]]
+            if self.plugin is not None and steps[bad[0]] == 0:
+                raise ConfigError(
+                    f"loss plugin {self.plugin!r}: non-finite loss on the first batch "
+                    f"(photometric={photo}, smoothness={smooth}); it passed the check on tiny "
+                    "random, identical and flat images, so look for 0/0, sqrt or log of 0 on "
+                    "real frames"
+                )
             raise TrainingError(
                 f"non-finite loss at step {steps[bad[0]]}: total={total}, photometric={photo}, "
                 f"smoothness={smooth}; lower optim.lr or check the loss weights"
@@ -488,6 +497,8 @@ def _setup(
     torch.backends.cudnn.deterministic = cfg.train.deterministic
     paths = resolve_data(cfg)
     rt = build_runtime(cfg, device)
+    if cfg.loss.photometric == "custom":  # a bad plugin stops here, named, before any step
+        check_plugin(cfg.loss, capture=rt.graph)
     optimizer = make_optimizer(rt)
     prog = Progress()
     if store.has_checkpoint(run_dir):
@@ -563,7 +574,8 @@ def _batches(loader: Any, epoch: int, limit: int) -> Iterator[dict[str, torch.Te
 def _train_epoch(run: _Run, loader: Any, steps: int) -> dict[str, Any]:
     cfg, rt, prog = run.cfg, run.rt, run.prog
     rt.models.train()
-    log, losses = LossLog(), []
+    plugin = cfg.loss.custom.fn if cfg.loss.photometric == "custom" and cfg.loss.custom else None
+    log, losses = LossLog(plugin=plugin), []
     bar = _progress_bar(run, steps)
     run.meter.phase("train")
     start = time.perf_counter()

@@ -22,6 +22,7 @@ import copy
 import itertools
 import math
 import re
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,8 +345,35 @@ def sweep_from_dict(
         _build(sweep, sweep.base, f"{sweep.source}: --set {' '.join(overrides)}")
     _validate_keys(sweep)
     _validate_axes(sweep)
-    expand(sweep)  # builds (and so validates) every trial's config
+    trials = expand(sweep)  # builds (and so validates) every trial's config
+    _check_loss_plugins(sweep, trials)
     return sweep
+
+
+def _check_loss_plugins(sweep: Sweep, trials: Sequence[Trial]) -> None:
+    """Import every loss plugin the sweep uses and run it on tiny images (depthcore.plugins),
+    so a bad one stops the sweep here, before Ray starts, naming the plugin and the trial."""
+    configs = [(t.trial_id, t.config) for t in trials]
+    if sweep.file.search.method == "optuna":
+        configs = [("the base config", _build(sweep, sweep.base, "base"))]
+    checked: set[str] = set()
+    for where, cfg in configs:
+        if cfg.loss.photometric != "custom":
+            continue
+        # A CUDA graph is captured unless the config rules it out (the device is only known on
+        # the worker: "auto" counts as CUDA).
+        capture = cfg.train.cuda_graph and cfg.train.device != "cpu"
+        capture = capture and cfg.train.loss_impl == "fast"
+        key = repr((cfg.loss.identity(), cfg.loss.ssim_window, capture))
+        if key in checked:
+            continue
+        checked.add(key)
+        from depthcore.plugins import check_plugin
+
+        try:
+            check_plugin(cfg.loss, capture=capture)
+        except ConfigError as exc:
+            raise ConfigError(f"{sweep.source}: {where}: {exc}") from None
 
 
 def _resolve_base(sweep: Sweep, base: Any) -> dict[str, Any]:
@@ -509,19 +537,38 @@ def _require_config_key(sweep: Sweep, key: str, loc: KeyPath) -> None:
 
 
 def config_key_problem(key: str) -> str | None:
-    """Why `key` is not a dotted engine-config key (with a suggestion), or None when it is."""
+    """Why `key` is not a dotted engine-config key (with a suggestion), or None when it is.
+
+    Below a free-form mapping (loss.custom.params) every key is allowed: the plugin's own check
+    names one it does not take.
+    """
     model: type[BaseModel] = Config
     parts = key.split(".")
     for i, part in enumerate(parts):
         field = model.model_fields.get(part)
         if field is None:
             return f"{key!r} is not a config key{_suggest(key)}"
-        ann = field.annotation
-        if i < len(parts) - 1:
-            if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-                return f"{'.'.join(parts[: i + 1])} is a value, not a section; cannot set {key!r}"
-            model = ann
+        if i == len(parts) - 1:
+            return None
+        section = _section_model(field.annotation)
+        if section is None and _is_mapping(field.annotation):
+            return None
+        if section is None:
+            return f"{'.'.join(parts[: i + 1])} is a value, not a section; cannot set {key!r}"
+        model = section
     return None
+
+
+def _section_model(ann: Any) -> type[BaseModel] | None:
+    """The config section a field holds: `Section` or `Section | None` (loss.custom)."""
+    for candidate in (ann, *typing.get_args(ann)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _is_mapping(ann: Any) -> bool:
+    return typing.get_origin(ann) is dict
 
 
 def _config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
@@ -642,7 +689,11 @@ def _make_trial(
     head = label or ",".join(f"{names.get(k, k)}={_fmt(v)}" for k, v in shown.items())
     trial_id = f"{head},seed={cfg.train.seed}" if head else f"seed={cfg.train.seed}"
     arm = head or "(base config)"
-    return Trial(trial_id, cfg.run_id(), cfg, shown, label, role, cfg.train.seed, arm)
+    try:
+        run_id = cfg.run_id()  # a loss plugin's source is hashed here (its error names it)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return Trial(trial_id, run_id, cfg, shown, label, role, cfg.train.seed, arm)
 
 
 def _short_names(keys: Iterable[str]) -> dict[str, str]:
