@@ -6,10 +6,11 @@ A sweep file names a base engine config and what to vary on top of it:
     base: base/paper_kitti.yaml            # a path (relative to this file), inline keys, or a list
     trials:                                # explicit rows first (label / role: baseline optional)
       - {label: baseline, role: baseline, loss.photometric: standard}
-    grid:                                  # then the cartesian product of the sorted axes
+    grid:                                  # then the cartesian product, in the file's order
       loss.w_mae: [0.3, 0.4]
     seeds: [1234]                          # every trial once per seed (sets train.seed)
     # or adaptive seeds (racing): seeds: {start: 2, max: 6} (see depthcore/racing.py)
+    report: {labels: {loss.w_mae: '$w_1$'}, columns: [loss.w_mae]}   # the report's table
 
 `load_sweep` checks everything a run would trip over later (unknown keys, empty grids, values
 the engine config rejects), naming the file, line and key; `expand` turns the sweep into a
@@ -57,6 +58,7 @@ from depthcore.yamlio import (
 
 __all__ = [
     "Range",
+    "ReportSpec",
     "Resources",
     "Search",
     "Sweep",
@@ -64,6 +66,7 @@ __all__ = [
     "Trial",
     "config_key_problem",
     "expand",
+    "key_order",
     "load_sweep",
     "plan_lines",
     "run_groups",
@@ -192,6 +195,26 @@ class Budget(_Strict):
     device_hours: float = Field(gt=0, allow_inf_nan=False, description="GPU- or CPU-hours")
 
 
+class ReportSpec(_Strict):
+    """`report:`: how the report prints the sweep's ablation table (docs/sweeps.md)."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="swept key -> column header; $...$ is LaTeX math, e.g. '$w_c$'",
+    )
+    columns: list[str] | None = Field(
+        None, description="the swept keys to show, in this order (default: all, file order)"
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            twice = next(k for k in value if value.count(k) > 1)
+            raise ValueError(f"names {twice!r} twice; list each key once")
+        return value
+
+
 def _seeds_kind(value: Any) -> str:
     # Pick the one member a value is meant for, so errors name its keys (not both members').
     return "race" if isinstance(value, (dict, AdaptiveSeeds)) else "list"
@@ -220,6 +243,7 @@ class SweepFile(_Strict):
     budget: Budget | None = None
     metric: str = "abs_rel"
     mode: Literal["min", "max"] | None = None
+    report: ReportSpec = ReportSpec()
 
     @field_validator("name")
     @classmethod
@@ -470,6 +494,35 @@ def _validate_keys(sweep: Sweep) -> None:
             f"{sweep.where('name')}: the sweep has no trials; add a grid: or trials: section "
             "(or search: optuna with a space:)"
         )
+    _validate_report(sweep)
+
+
+def _validate_report(sweep: Sweep) -> None:
+    """`report:` labels and columns name keys the sweep varies (the table's columns)."""
+    varied = key_order(sweep)
+    named: list[tuple[str, str | int, str]] = [
+        ("labels", key, key) for key in sweep.file.report.labels
+    ]
+    named += [("columns", i, key) for i, key in enumerate(sweep.file.report.columns or [])]
+    for part, loc, key in named:
+        if key in varied:
+            continue
+        problem = config_key_problem(key)
+        why = problem or f"{key!r} is not a key this sweep varies"
+        hint = "" if problem else did_you_mean(key, varied)
+        raise ConfigError(
+            f"{sweep.where('report', part, loc)}: {why}{hint}; the table's columns are the "
+            f"keys set in trials:, grid: or search.space: ({', '.join(varied) or 'none'})"
+        )
+
+
+def key_order(sweep: Sweep) -> list[str]:
+    """The dotted keys the sweep file sets, in its order: trials: entries (first seen), then
+    grid:, then search.space: (the report's column order; the seed key is left out)."""
+    spec = sweep.file
+    keys = [k for entry in spec.trials for k in entry if k not in TRIAL_META]
+    keys += [*spec.grid, *spec.search.space]
+    return [k for k in dict.fromkeys(keys) if k != SEED_KEY]
 
 
 def _validate_trial_entry(sweep: Sweep, i: int, entry: Mapping[str, Any]) -> None:
@@ -628,10 +681,12 @@ def _with(tree: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def expand(sweep: Sweep) -> list[Trial]:
-    """The sweep's trials in a fixed order: `trials:` entries, then the grid, each x seeds.
+    """The sweep's trials in the file's order: `trials:` entries, then the grid, each x seeds.
 
-    Grid axes are sorted by key and combined with itertools.product, so the order and ids do not
-    depend on the order of keys in the file. `search: optuna` has no fixed trials (returns []).
+    The grid runs through its axes as the file lists them (the first axis slowest, each axis's
+    values in order), as the paper's tables list their rows. A grid trial's values (and so its
+    id) are in sorted key order: reordering the file's axes changes neither ids nor run ids.
+    `search: optuna` has no fixed trials (returns []).
     """
     spec = sweep.file
     if spec.search.method == "optuna":
@@ -640,10 +695,11 @@ def expand(sweep: Sweep) -> list[Trial]:
     for i, entry in enumerate(spec.trials):
         params = {k: v for k, v in entry.items() if k not in TRIAL_META}
         entries.append((params, entry.get("label"), entry.get("role"), sweep.where("trials", i)))
-    axes = sorted(spec.grid)
+    axes = list(spec.grid)
     combos = itertools.product(*(spec.grid[a] for a in axes)) if axes else []
     for combo in combos:
-        entries.append((dict(zip(axes, combo, strict=True)), None, None, "grid"))
+        values = dict(zip(axes, combo, strict=True))
+        entries.append(({a: values[a] for a in sorted(axes)}, None, None, "grid"))
     names = _short_names([k for params, *_ in entries for k in params])
     seeds = seed_values(sweep)
     trials = [

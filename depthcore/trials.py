@@ -22,7 +22,7 @@ import numpy as np
 from depthcore import store
 from depthcore.errors import ConfigError, TrainingError
 from depthcore.racing import RaceState, race
-from depthcore.sweep import Sweep, Trial, expand
+from depthcore.sweep import Sweep, Trial, expand, key_order
 
 __all__ = [
     "NOT_STARTED",
@@ -81,7 +81,8 @@ class SweepIndex:
                 if isinstance(entry, dict) and entry.get("trial_id") and entry.get("run_id"):
                     self.entries[str(entry["trial_id"])] = entry
         else:
-            self.swept = swept_keys(trials)
+            order = key_order(sweep)  # the file's order, for the report's columns
+            self.swept = sorted(swept_keys(trials), key=order.index)
         for trial in trials:
             self.add(trial)
 
@@ -133,6 +134,8 @@ class SweepIndex:
             index["estimate"] = self.estimate
         if spec.adaptive is not None:
             index["seeds"] = spec.adaptive.model_dump()
+        if spec.report.labels or spec.report.columns is not None:
+            index["report"] = spec.report.model_dump(exclude_none=True)
         store.write_sweep_index(self.results, self.sweep.name, index)
         for entry in self.entries.values():
             store.link_tensorboard(self.results, spec.name, entry["trial_id"], entry["run_id"])
