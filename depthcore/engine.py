@@ -489,6 +489,8 @@ def _setup(
     cfg: Config, run_dir: Path, report: ReportFn | None, progress: bool, acct: _Accounting
 ) -> _Run:
     device = resolve_device(cfg.train.device)
+    if cfg.loss.photometric == "custom":  # a bad plugin stops here, named, before any work
+        check_plugin(cfg.loss, capture=uses_cuda_graph(cfg, device))
     kind, name = kind_and_name(device)
     share = acct.share if acct.share is not None else default_share(kind, torch.get_num_threads())
     acct.meter = CostMeter.start(run_dir, cfg.run_id(), kind, name, share, setup_since=acct.started)
@@ -497,8 +499,6 @@ def _setup(
     torch.backends.cudnn.deterministic = cfg.train.deterministic
     paths = resolve_data(cfg)
     rt = build_runtime(cfg, device)
-    if cfg.loss.photometric == "custom":  # a bad plugin stops here, named, before any step
-        check_plugin(cfg.loss, capture=rt.graph)
     optimizer = make_optimizer(rt)
     prog = Progress()
     if store.has_checkpoint(run_dir):
@@ -519,6 +519,14 @@ def _peak_memory_mb(device: torch.device) -> float:
     return host_peak_memory_mb()
 
 
+def uses_cuda_graph(cfg: Config, device: torch.device) -> bool:
+    """Whether the step is captured as a CUDA graph: CUDA, the fast path, and networks that are
+    not compiled (a compiled loss is captured with the rest, tests/test_gpu.py)."""
+    compiled_networks = cfg.train.compile in ("networks", "all")
+    fast = cfg.train.loss_impl == "fast"
+    return cfg.train.cuda_graph and device.type == "cuda" and fast and not compiled_networks
+
+
 def build_runtime(cfg: Config, device: torch.device) -> Runtime:
     """Networks on `device` with the precision and implementation switches of `cfg.train`."""
     fast = cfg.train.loss_impl == "fast"
@@ -535,7 +543,7 @@ def build_runtime(cfg: Config, device: torch.device) -> Runtime:
     compiled_loss = cfg.train.compile in ("loss", "all")
     # A compiled loss is compiled during the graph's warm-up steps and captured with the rest
     # (tests/test_gpu.py); capturing compiled networks is not supported here.
-    graph = cfg.train.cuda_graph and cuda and fast and cfg.train.compile in ("none", "loss")
+    graph = uses_cuda_graph(cfg, device)
     pose_stream = torch.cuda.Stream(device) if cfg.train.pose_stream and cuda and fast else None
     return Runtime(
         cfg=cfg, models=models, device=device, amp=amp, fast=fast, graph=graph,
