@@ -370,8 +370,28 @@ def sweep_from_dict(
     _validate_keys(sweep)
     _validate_axes(sweep)
     trials = expand(sweep)  # builds (and so validates) every trial's config
+    _check_report_columns(sweep, trials)
     _check_loss_plugins(sweep, trials)
     return sweep
+
+
+def _check_report_columns(sweep: Sweep, trials: Sequence[Trial]) -> None:
+    """A `report.columns` key must take two or more values over the trials (else the report,
+    which shows the keys whose values differ, would silently leave it out)."""
+    for i, key in enumerate(sweep.file.report.columns or []):
+        values = {repr(_dotted(t.config.to_dict(), key)) for t in trials}
+        if len(values) == 1:
+            raise ConfigError(
+                f"{sweep.where('report', 'columns', i)}: {key} is {values.pop()} in every trial, "
+                "so it is no column of the table; leave it out (say it in the caption)"
+            )
+
+
+def _dotted(tree: Mapping[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def _check_loss_plugins(sweep: Sweep, trials: Sequence[Trial]) -> None:

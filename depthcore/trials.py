@@ -82,7 +82,8 @@ class SweepIndex:
                     self.entries[str(entry["trial_id"])] = entry
         else:
             order = key_order(sweep)  # the file's order, for the report's columns
-            self.swept = sorted(swept_keys(trials), key=order.index)
+            rank = {key: i for i, key in enumerate(order)}
+            self.swept = sorted(swept_keys(trials), key=lambda k: rank.get(k, len(rank)))
         for trial in trials:
             self.add(trial)
 

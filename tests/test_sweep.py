@@ -366,6 +366,11 @@ def test_optuna_sweep_has_no_fixed_trials_but_validates_samples() -> None:
             "name: x\ngrid: {loss.w_c: [0.1]}\nreport: {columns: [loss.w_c, loss.w_c]}\n",
             "report.columns: names 'loss.w_c' twice",
         ),
+        (
+            "name: x\ngrid: {loss.w_c: [0.1, 0.2], loss.w_l: [0.3]}\n"
+            "report: {columns: [loss.w_c, loss.w_l]}\n",
+            "report.columns[1]: loss.w_l is 0.3 in every trial, so it is no column of the table",
+        ),
     ],
 )
 def test_invalid_sweep_files(tmp_path: Path, text: str, message: str) -> None:
