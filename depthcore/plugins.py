@@ -65,7 +65,7 @@ _WINDOWED = ("ssim", "components", "stats")
 FN_PATTERN = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 )
-# Bytes of the source hash kept in the run identity (hex digits), as many as a run id has.
+# Hex digits of the source hash kept in the run identity, as many as a run id has.
 HASH_DIGITS = 16
 
 
@@ -89,6 +89,8 @@ def source_file(custom: CustomLoss) -> Path:
     _add_path(custom.path)
     try:
         spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # its package is missing
+        spec = None
     except Exception as exc:  # a parent package failed to import, or is no package
         raise ConfigError(
             f"{plugin_name(custom)}: cannot look up module {module!r}: {exc}"
@@ -104,7 +106,13 @@ def source_file(custom: CustomLoss) -> Path:
 
 
 def _path_fix(custom: CustomLoss) -> str:
-    top = custom.fn.partition(":")[0].split(".")[0]
+    module = custom.fn.partition(":")[0]
+    top = module.split(".")[0]
+    with contextlib.suppress(Exception):
+        found = importlib.util.find_spec(top) if top != module else None
+        if found is not None and found.submodule_search_locations:
+            where = ", ".join(found.submodule_search_locations)
+            return f"package {top!r} is {where}, which has no {module.partition('.')[2]!r}"
     if custom.path:
         return f"loss.custom.path is {custom.path}, which holds no {top}/ or {top}.py"
     return (
