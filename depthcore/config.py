@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from depthcore.errors import ConfigError
+from depthcore.plugin_source import FN_PATTERN, source_sha256
 from depthcore.yamlio import dump_yaml, format_validation_error, parse_override, read_yaml
 
 __all__ = [
@@ -160,8 +161,6 @@ class CustomLoss(_Section):
     @field_validator("fn")
     @classmethod
     def _module_colon_function(cls, value: str) -> str:
-        from depthcore.plugins import FN_PATTERN
-
         if not FN_PATTERN.match(value):
             raise ValueError(
                 f'must be "package.module:function", e.g. "examples.gradient_ssim:gradient_ssim", '
@@ -178,9 +177,7 @@ class CustomLoss(_Section):
     def source_sha256(self) -> str:
         """The hash of the plugin module's file (ConfigError naming the plugin if not found)."""
         if self._source is None:
-            from depthcore.plugins import source_sha256
-
-            self._source = source_sha256(self)
+            self._source = source_sha256(self.fn, self.path)
         return self._source
 
     def identity(self) -> dict[str, Any]:

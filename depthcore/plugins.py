@@ -11,19 +11,17 @@ A plugin is imported by module path, not through an entry-point group: a file in
 without packaging (`loss.custom.path` puts the folder on sys.path first), the file to hash for
 the run id is the module's own, and a Ray worker imports it the same way as the driver.
 
-This module imports neither torch nor Ray at import time: config.py asks it for the source hash.
-The checks (`check_plugin`) import torch when they run.
+Finding the module and hashing its file (for the run id): depthcore/plugin_source.py. This
+module imports torch only inside the functions that use it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib
 import importlib.util
 import inspect
-import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from depthcore.errors import ConfigError
+from depthcore.plugin_source import add_path, file_sha
 from depthcore.yamlio import did_you_mean
 
 if TYPE_CHECKING:
@@ -40,13 +39,11 @@ if TYPE_CHECKING:
     from depthcore.config import CustomLoss, LossConfig
 
 __all__ = [
-    "FN_PATTERN",
     "INPUTS",
     "Plugin",
     "check_plugin",
-    "plugin_name",
+    "plugin_error",
     "resolve",
-    "source_sha256",
     "wants_window_stats",
 ]
 
@@ -62,71 +59,6 @@ INPUTS = {
     "c2": "loss.c2 (float)",
 }
 _WINDOWED = ("ssim", "components", "stats")
-FN_PATTERN = re.compile(
-    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
-)
-# Hex digits of the source hash kept in the run identity, as many as a run id has.
-HASH_DIGITS = 16
-
-
-def plugin_name(custom: CustomLoss) -> str:
-    return f"loss plugin {custom.fn!r}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Finding the module and hashing its file (no import of the module itself)
-
-
-def _add_path(path: str | None) -> None:
-    if path and path not in sys.path:
-        sys.path.insert(0, path)
-        importlib.invalidate_caches()
-
-
-def source_file(custom: CustomLoss) -> Path:
-    """The file of the plugin's module, found without running it (its parent packages run)."""
-    module = custom.fn.partition(":")[0]
-    _add_path(custom.path)
-    try:
-        spec = importlib.util.find_spec(module)
-    except ModuleNotFoundError:  # its package is missing
-        spec = None
-    except Exception as exc:  # a parent package failed to import, or is no package
-        raise ConfigError(
-            f"{plugin_name(custom)}: cannot look up module {module!r}: {exc}"
-        ) from None
-    if spec is None:
-        raise ConfigError(f"{plugin_name(custom)}: no module {module!r}; {_path_fix(custom)}")
-    if not spec.origin or not Path(spec.origin).is_file():
-        raise ConfigError(
-            f"{plugin_name(custom)}: {module!r} is a folder without a Python file; name the "
-            "module that defines the function (package.module:function)"
-        )
-    return Path(spec.origin)
-
-
-def _path_fix(custom: CustomLoss) -> str:
-    module = custom.fn.partition(":")[0]
-    top = module.split(".")[0]
-    with contextlib.suppress(Exception):
-        found = importlib.util.find_spec(top) if top != module else None
-        if found is not None and found.submodule_search_locations:
-            where = ", ".join(found.submodule_search_locations)
-            return f"package {top!r} is {where}, which has no {module.partition('.')[2]!r}"
-    if custom.path:
-        return f"loss.custom.path is {custom.path}, which holds no {top}/ or {top}.py"
-    return (
-        f"set loss.custom.path to the folder that holds {top}/ or {top}.py (relative paths "
-        "resolve against the current directory), or install the package"
-    )
-
-
-def source_sha256(custom: CustomLoss) -> str:
-    """The first HASH_DIGITS hex digits of the SHA-256 of the plugin module's file."""
-    data = source_file(custom).read_bytes()
-    return hashlib.sha256(data).hexdigest()[:HASH_DIGITS]
-
-
 # ----------------------------------------------------------------------------------------------
 # Importing and calling
 
@@ -156,7 +88,7 @@ def resolve(custom: CustomLoss) -> Plugin:
 def _resolve(fn: str, path: str | None, sha: str) -> Plugin:
     module_name, _, attr = fn.partition(":")
     name = f"loss plugin {fn!r}"
-    _add_path(path)
+    add_path(path)
     module = _load(module_name, name)
     if _LOADED[module_name] != sha:
         raise ConfigError(
@@ -183,10 +115,10 @@ def _load(module_name: str, name: str) -> ModuleType:
     """The module, imported, or re-run when its file changed since this process ran it."""
     module = sys.modules.get(module_name)
     if module is None:
-        sha = _file_sha(source_of(module_name))
+        sha = file_sha(source_of(module_name))
         module = _import(module_name, name)
     else:
-        sha = _file_sha(getattr(module, "__file__", None))
+        sha = file_sha(getattr(module, "__file__", None))
         if _LOADED.get(module_name, "") != sha:  # imported elsewhere, or edited since
             module = _reload(module, name)
     _LOADED[module_name] = sha
@@ -220,12 +152,6 @@ def _reload(module: ModuleType, name: str) -> ModuleType:
         raise ConfigError(
             f"{name}: reloading {module.__name__!r} raised {type(exc).__name__}: {exc}"
         ) from None
-
-
-def _file_sha(path: str | None) -> str | None:
-    if not path or not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:HASH_DIGITS]
 
 
 def _describe(name: str, func: Callable[..., Any]) -> Plugin:
