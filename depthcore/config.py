@@ -20,16 +20,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from depthcore.errors import ConfigError
+from depthcore.plugin_source import FN_PATTERN, source_sha256
 from depthcore.yamlio import dump_yaml, format_validation_error, parse_override, read_yaml
 
 __all__ = [
     "Config",
+    "CustomLoss",
     "DataConfig",
     "EvalConfig",
     "LossConfig",
@@ -42,7 +45,7 @@ __all__ = [
     "load_config",
 ]
 
-PhotometricKind = Literal["standard", "ssim_m", "ssim_a", "l1"]
+PhotometricKind = Literal["standard", "ssim_m", "ssim_a", "l1", "custom"]
 # YAML gives lists; strict mode would refuse them for a tuple field.
 IntTuple = Annotated[
     tuple[int, ...], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
@@ -141,6 +144,47 @@ class ModelConfig(_Section):
         return self
 
 
+class CustomLoss(_Section):
+    """`loss.photometric: custom`: a photometric error of your own (docs/losses.md, plugins)."""
+
+    fn: str = Field(description='"package.module:function" returning the per-pixel error')
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the function's own keyword arguments"
+    )
+    path: str | None = Field(
+        None, description="folder put first on sys.path to import fn (not in the run id)"
+    )
+    # The module file's hash, computed once (the run id needs it) and pickled with the config,
+    # so a Ray worker trains the source the driver hashed.
+    _source: str | None = PrivateAttr(None)
+
+    @field_validator("fn")
+    @classmethod
+    def _module_colon_function(cls, value: str) -> str:
+        if not FN_PATTERN.match(value):
+            raise ValueError(
+                f'must be "package.module:function", e.g. "examples.gradient_ssim:gradient_ssim", '
+                f"got {value!r}"
+            )
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        # Fields only: whether the source hash was computed yet does not make two configs differ.
+        return isinstance(other, CustomLoss) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # params is a dict
+
+    def source_sha256(self) -> str:
+        """The hash of the plugin module's file (ConfigError naming the plugin if not found)."""
+        if self._source is None:
+            self._source = source_sha256(self.fn, self.path)
+        return self._source
+
+    def identity(self) -> dict[str, Any]:
+        """fn, params and the source hash: an edited plugin file never reuses a run."""
+        return {"fn": self.fn, "params": self.params, "source_sha256": self.source_sha256()}
+
+
 class LossConfig(_Section):
     """The photometric loss and its regularisers. Every swept weight is a field here."""
 
@@ -159,6 +203,9 @@ class LossConfig(_Section):
     smoothness: float = Field(1e-3, ge=0, description="edge-aware smoothness weight (/2^scale)")
     automask: bool = Field(True, description="Monodepth2 auto-masking with identity reprojection")
     min_reprojection: bool = Field(True, description="per-pixel min over sources (else mean)")
+    custom: CustomLoss | None = Field(
+        None, description="photometric: custom: the plugin {fn, params, path} (docs/losses.md)"
+    )
 
     @field_validator("ssim_window")
     @classmethod
@@ -166,6 +213,15 @@ class LossConfig(_Section):
         if value % 2 == 0:
             raise ValueError(f"must be odd, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _custom_named(self) -> LossConfig:
+        if self.photometric == "custom" and self.custom is None:
+            raise ValueError(
+                'photometric: custom needs loss.custom: {fn: "package.module:function", '
+                "params: {...}} (docs/losses.md)"
+            )
+        return self
 
     def relevant_keys(self) -> tuple[str, ...]:
         """The fields that affect the loss for this `photometric` kind (the run identity)."""
@@ -176,8 +232,17 @@ class LossConfig(_Section):
             "ssim_m": ("ssim_weight", "alpha", "beta", "gamma", *ssim),
             "ssim_a": ("w_mae", "w_l", "w_c", "w_s", *ssim),
             "l1": (),
+            "custom": (*ssim, "custom"),
         }
         return common + by_kind[self.photometric]
+
+    def identity(self) -> dict[str, Any]:
+        """The relevant keys' values; a plugin counts by fn, params and its file's hash."""
+        dump = self.model_dump(mode="json")
+        d = {k: dump[k] for k in self.relevant_keys()}
+        if self.custom is not None and "custom" in d:
+            d["custom"] = self.custom.identity()
+        return d
 
 
 class OptimConfig(_Section):
@@ -347,7 +412,7 @@ class Config(_Section):
     def _training_identity(self) -> dict[str, Any]:
         d = self.to_dict()
         d.pop("eval")
-        d["loss"] = {k: d["loss"][k] for k in self.loss.relevant_keys()}
+        d["loss"] = self.loss.identity()
         for section, key in _NON_IDENTITY_KEYS:
             d[section].pop(key, None)
         d["data"]["split_dir"] = self._location(d["data"], "data", "split_dir")
@@ -410,6 +475,7 @@ _PATH_KEYS = (
     ("data", "cache_dir"),
     ("eval", "split_dir"),
     ("eval", "gt_path"),
+    ("loss", "custom", "path"),
 )
 
 
@@ -442,8 +508,10 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 
 
 def _absolutize_paths(tree: dict[str, Any], base_dir: Path) -> None:
-    for section, key in _PATH_KEYS:
-        node = tree.get(section)
+    for *sections, key in _PATH_KEYS:
+        node: Any = tree
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(key), str):
             path = Path(node[key]).expanduser()
             node[key] = str(path if path.is_absolute() else (base_dir / path).resolve())

@@ -50,6 +50,7 @@ from depthcore.evaluate import (
 from depthcore.hostmem import keep_freed_memory
 from depthcore.losses import LossTerms, compute_losses
 from depthcore.networks import Models, build_models, predict_depth, predict_poses
+from depthcore.plugins import check_plugin
 from depthcore.tensorboard import IMAGES, RunBoard, events_dir
 
 ReportFn = Callable[[dict[str, Any]], None]
@@ -342,6 +343,7 @@ class LossLog:
 
     steps: list[int] = field(default_factory=list)
     terms: list[torch.Tensor] = field(default_factory=list)  # (3,) total, photometric, smoothness
+    plugin: str | None = None  # loss.custom.fn: a non-finite first step is the plugin's error
 
     def add(self, step: int, t: LossTerms) -> None:
         self.steps.append(step)
@@ -358,6 +360,13 @@ class LossLog:
         bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
         if bad.size:
             total, photo, smooth = values[bad[0]]
+            if self.plugin is not None and steps[bad[0]] == 0:
+                raise ConfigError(
+                    f"loss plugin {self.plugin!r}: non-finite loss on the first batch "
+                    f"(photometric={photo}, smoothness={smooth}); it passed the check on tiny "
+                    "random, identical and flat images, so look for 0/0, sqrt or log of 0 on "
+                    "real frames"
+                )
             raise TrainingError(
                 f"non-finite loss at step {steps[bad[0]]}: total={total}, photometric={photo}, "
                 f"smoothness={smooth}; lower optim.lr or check the loss weights"
@@ -539,6 +548,8 @@ def _setup(
     known: Collection[str] = (),
 ) -> _Run:
     device = resolve_device(cfg.train.device)
+    if cfg.loss.photometric == "custom":  # a bad plugin stops here, named, before any work
+        check_plugin(cfg.loss, capture=uses_cuda_graph(cfg, device))
     kind, name = kind_and_name(device)
     share = acct.share if acct.share is not None else default_share(kind, torch.get_num_threads())
     acct.meter = CostMeter.start(run_dir, cfg.run_id(), kind, name, share, setup_since=acct.started)
@@ -567,6 +578,14 @@ def _peak_memory_mb(device: torch.device) -> float:
     return host_peak_memory_mb()
 
 
+def uses_cuda_graph(cfg: Config, device: torch.device) -> bool:
+    """Whether the step is captured as a CUDA graph: CUDA, the fast path, and networks that are
+    not compiled (a compiled loss is captured with the rest, tests/test_gpu.py)."""
+    compiled_networks = cfg.train.compile in ("networks", "all")
+    fast = cfg.train.loss_impl == "fast"
+    return cfg.train.cuda_graph and device.type == "cuda" and fast and not compiled_networks
+
+
 def build_runtime(cfg: Config, device: torch.device) -> Runtime:
     """Networks on `device` with the precision and implementation switches of `cfg.train`."""
     fast = cfg.train.loss_impl == "fast"
@@ -583,7 +602,7 @@ def build_runtime(cfg: Config, device: torch.device) -> Runtime:
     compiled_loss = cfg.train.compile in ("loss", "all")
     # A compiled loss is compiled during the graph's warm-up steps and captured with the rest
     # (tests/test_gpu.py); capturing compiled networks is not supported here.
-    graph = cfg.train.cuda_graph and cuda and fast and cfg.train.compile in ("none", "loss")
+    graph = uses_cuda_graph(cfg, device)
     pose_stream = torch.cuda.Stream(device) if cfg.train.pose_stream and cuda and fast else None
     return Runtime(
         cfg=cfg, models=models, device=device, amp=amp, fast=fast, graph=graph,
@@ -622,7 +641,8 @@ def _batches(loader: Any, epoch: int, limit: int) -> Iterator[dict[str, torch.Te
 def _train_epoch(run: _Run, loader: Any, steps: int) -> dict[str, Any]:
     cfg, rt, prog = run.cfg, run.rt, run.prog
     rt.models.train()
-    log, losses = LossLog(), []
+    plugin = cfg.loss.custom.fn if cfg.loss.photometric == "custom" and cfg.loss.custom else None
+    log, losses = LossLog(plugin=plugin), []
     bar = _progress_bar(run, steps)
     run.meter.phase("train")
     start = time.perf_counter()

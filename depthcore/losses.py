@@ -7,6 +7,8 @@ error is computed per channel and averaged over channels, as in Monodepth2:
 - ssim_m:   (1 − w)·|I − I'| + w·(1 − L^α·C^β·((1 + S)/2)^γ)           (w = ssim_weight)
 - ssim_a:   w_mae·|I − I'| + w_l·(1 − L) + w_c·(1 − C) + w_s·(1 − (1 + S)/2)
 - l1:       |I − I'|
+- custom:   a plugin's error (`loss.custom.fn`, depthcore/plugins.py), called here in the
+            same place, so auto-masking and the minimum over sources treat it alike
 
 All loss arithmetic runs in float32 (float64 stays float64) with autocast disabled; the
 smoothness term's image pyramid is Monodepth2's chained 8-bit Lanczos resize (`depthcore.resample`).
@@ -26,9 +28,10 @@ from torch import Tensor
 from depthcore.config import LossConfig
 from depthcore.errors import ConfigError
 from depthcore.geometry import disp_to_depth, warp_many
+from depthcore.plugins import plugin_error, wants_window_stats
 from depthcore.resample import lanczos_pyramid
 from depthcore.ssim import ssim_components, ssim_map, window_statistics
-from depthcore.tensors import upcast
+from depthcore.tensors import autocast_off, upcast
 
 __all__ = [
     "LossTerms",
@@ -64,8 +67,10 @@ def _photometric_channels(
     target_stats: tuple[Tensor, Tensor] | None,
 ) -> Tensor:
     """The per-channel photometric error map (..., 3, H, W) for `loss.photometric`."""
-    l1 = (target - pred).abs()
     kind, win, c1, c2 = loss.photometric, loss.ssim_window, loss.c1, loss.c2
+    if kind == "custom":
+        return plugin_error(pred, target, loss, stacked_pool, target_stats)
+    l1 = (target - pred).abs()
     if kind == "l1":
         return l1
     if kind == "standard":
@@ -82,7 +87,9 @@ def _photometric_channels(
     if kind == "ssim_a":
         ssim_a = loss.w_l * (1 - lum) + loss.w_c * (1 - con) + loss.w_s * (1 - half_s)
         return loss.w_mae * l1 + ssim_a
-    raise ConfigError(f"loss.photometric: unknown kind {kind!r}; use standard|ssim_m|ssim_a|l1")
+    raise ConfigError(
+        f"loss.photometric: unknown kind {kind!r}; use standard|ssim_m|ssim_a|l1|custom"
+    )
 
 
 def photometric_error(
@@ -107,7 +114,7 @@ def photometric_error(
     Returns:
         (..., 1, H, W) error map, float32 (float64 for float64 inputs).
     """
-    with torch.autocast(pred.device.type, enabled=False):
+    with autocast_off(pred.device.type):
         pred, target = upcast(pred), upcast(target)
         err = _photometric_channels(pred, target, loss, stacked_pool, target_stats)
         return err.mean(dim=-3, keepdim=True)
@@ -340,7 +347,7 @@ def compute_losses(
         identity: Tensor | None = None
         # Full-resolution multiscale: every scale compares against the same target.
         stats = None
-        if identity_once and loss.photometric != "l1":
+        if identity_once and wants_window_stats(loss):
             stats = window_statistics(target, loss.ssim_window)
         # Monodepth2's chained 8-bit Lanczos pyramid, for the smoothness term (if it counts).
         pyramid = lanczos_pyramid(target, max(disps) + 1) if loss.smoothness else None

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from depthcore.tensors import upcast
+from depthcore.tensors import autocast_off, upcast
 
 __all__ = ["box_filter", "local_statistics", "ssim_components", "ssim_map", "window_statistics"]
 
@@ -115,7 +115,7 @@ def ssim_map(
     Returns:
         SSIM shaped like x, in [-1, 1] (unclamped, exactly Monodepth2's formula).
     """
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         stats = local_statistics(x, y, window, stacked=stacked, y_stats=y_stats)
         mu_x, mu_y, e_xx, e_yy, e_xy = stats
         # Each product once: these are full-size maps, and every op costs memory bandwidth.
@@ -152,7 +152,7 @@ def ssim_components(
         (L, C, S), each shaped like x, in float32 (float64 for float64 inputs).
     """
     c3 = c2 / 2
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         stats = local_statistics(x, y, window, stacked=stacked, y_stats=y_stats)
         mu_x, mu_y, e_xx, e_yy, e_xy = stats
         # float32 cancellation makes near-flat variances slightly negative: clamp before sqrt.

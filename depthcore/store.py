@@ -17,8 +17,9 @@ Layout (everything under one results folder, default `results/`):
         lock                    held while a process trains or evaluates the run
         cost.json               what the run cost, per process segment (depthcore.cost)
         tb/<label>/             TensorBoard event files (depthcore.tensorboard writes them)
-    sweeps/<name>.yaml          the sweep's trials: trial id, run id, eval id, swept values, status
-                                (and, with adaptive seeds, each arm's seeds_run and stop_reason)
+    sweeps/<name>.yaml          the sweep's trials in file order: trial id, run id, eval id, swept
+                                values, status, the sweep file's report: labels and columns (and,
+                                with adaptive seeds, each arm's seeds_run and stop_reason)
     sweeps/<name>@<id>.yaml     an index a re-evaluation replaced (id: the evaluation it named)
     sweeps/<name>.optuna.journal  an optuna sweep's study (optuna_journal_path)
 

@@ -6,10 +6,11 @@ A sweep file names a base engine config and what to vary on top of it:
     base: base/paper_kitti.yaml            # a path (relative to this file), inline keys, or a list
     trials:                                # explicit rows first (label / role: baseline optional)
       - {label: baseline, role: baseline, loss.photometric: standard}
-    grid:                                  # then the cartesian product of the sorted axes
+    grid:                                  # then the cartesian product, in the file's order
       loss.w_mae: [0.3, 0.4]
     seeds: [1234]                          # every trial once per seed (sets train.seed)
     # or adaptive seeds (racing): seeds: {start: 2, max: 6} (see depthcore/racing.py)
+    report: {labels: {loss.w_mae: '$w_1$'}, columns: [loss.w_mae]}   # the report's table
 
 `load_sweep` checks everything a run would trip over later (unknown keys, empty grids, values
 the engine config rejects), naming the file, line and key; `expand` turns the sweep into a
@@ -22,6 +23,7 @@ import copy
 import itertools
 import math
 import re
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,7 @@ from depthcore.yamlio import (
 
 __all__ = [
     "Range",
+    "ReportSpec",
     "Resources",
     "Search",
     "Sweep",
@@ -63,6 +66,7 @@ __all__ = [
     "Trial",
     "config_key_problem",
     "expand",
+    "key_order",
     "load_sweep",
     "plan_lines",
     "run_groups",
@@ -191,6 +195,26 @@ class Budget(_Strict):
     device_hours: float = Field(gt=0, allow_inf_nan=False, description="GPU- or CPU-hours")
 
 
+class ReportSpec(_Strict):
+    """`report:`: how the report prints the sweep's ablation table (docs/sweeps.md)."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="swept key -> column header; $...$ is LaTeX math, e.g. '$w_c$'",
+    )
+    columns: list[str] | None = Field(
+        None, description="the swept keys to show, in this order (default: all, file order)"
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            twice = next(k for k in value if value.count(k) > 1)
+            raise ValueError(f"names {twice!r} twice; list each key once")
+        return value
+
+
 def _seeds_kind(value: Any) -> str:
     # Pick the one member a value is meant for, so errors name its keys (not both members').
     return "race" if isinstance(value, (dict, AdaptiveSeeds)) else "list"
@@ -219,6 +243,7 @@ class SweepFile(_Strict):
     budget: Budget | None = None
     metric: str = "abs_rel"
     mode: Literal["min", "max"] | None = None
+    report: ReportSpec = ReportSpec()
 
     @field_validator("name")
     @classmethod
@@ -349,8 +374,56 @@ def sweep_from_dict(
         _build(sweep, sweep.base, f"{sweep.source}: --set {' '.join(overrides)}")
     _validate_keys(sweep)
     _validate_axes(sweep)
-    _check_race_evaluations(sweep, expand(sweep))  # builds (and so validates) every config
+    trials = expand(sweep)  # builds (and so validates) every trial's config
+    _check_race_evaluations(sweep, trials)
+    _check_report_columns(sweep, trials)
+    _check_loss_plugins(sweep, trials)
     return sweep
+
+
+def _check_report_columns(sweep: Sweep, trials: Sequence[Trial]) -> None:
+    """A `report.columns` key must take two or more values over the trials (else the report,
+    which shows the keys whose values differ, would silently leave it out)."""
+    for i, key in enumerate(sweep.file.report.columns or []):
+        values = {repr(_dotted(t.config.to_dict(), key)) for t in trials}
+        if len(values) == 1:
+            raise ConfigError(
+                f"{sweep.where('report', 'columns', i)}: {key} is {values.pop()} in every trial, "
+                "so it is no column of the table; leave it out (say it in the caption)"
+            )
+
+
+def _dotted(tree: Mapping[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _check_loss_plugins(sweep: Sweep, trials: Sequence[Trial]) -> None:
+    """Import every loss plugin the sweep uses and run it on tiny images (depthcore.plugins),
+    so a bad one stops the sweep here, before Ray starts, naming the plugin and the trial."""
+    configs = [(t.trial_id, t.config) for t in trials]
+    if sweep.file.search.method == "optuna":
+        configs = [("the base config", _build(sweep, sweep.base, "base"))]
+    checked: set[str] = set()
+    for where, cfg in configs:
+        if cfg.loss.photometric != "custom":
+            continue
+        # A CUDA graph is captured unless the config rules it out (the device is only known on
+        # the worker: "auto" counts as CUDA).
+        capture = cfg.train.cuda_graph and cfg.train.device != "cpu"
+        capture = capture and cfg.train.loss_impl == "fast"
+        key = repr((cfg.loss.identity(), cfg.loss.ssim_window, capture))
+        if key in checked:
+            continue
+        checked.add(key)
+        from depthcore.plugins import check_plugin
+
+        try:
+            check_plugin(cfg.loss, capture=capture)
+        except ConfigError as exc:
+            raise ConfigError(f"{sweep.source}: {where}: {exc}") from None
 
 
 def _resolve_base(sweep: Sweep, base: Any) -> dict[str, Any]:
@@ -447,6 +520,35 @@ def _validate_keys(sweep: Sweep) -> None:
             f"{sweep.where('name')}: the sweep has no trials; add a grid: or trials: section "
             "(or search: optuna with a space:)"
         )
+    _validate_report(sweep)
+
+
+def _validate_report(sweep: Sweep) -> None:
+    """`report:` labels and columns name keys the sweep varies (the table's columns)."""
+    varied = key_order(sweep)
+    named: list[tuple[str, str | int, str]] = [
+        ("labels", key, key) for key in sweep.file.report.labels
+    ]
+    named += [("columns", i, key) for i, key in enumerate(sweep.file.report.columns or [])]
+    for part, loc, key in named:
+        if key in varied:
+            continue
+        problem = config_key_problem(key)
+        why = problem or f"{key!r} is not a key this sweep varies"
+        hint = "" if problem else did_you_mean(key, varied)
+        raise ConfigError(
+            f"{sweep.where('report', part, loc)}: {why}{hint}; the table's columns are the "
+            f"keys set in trials:, grid: or search.space: ({', '.join(varied) or 'none'})"
+        )
+
+
+def key_order(sweep: Sweep) -> list[str]:
+    """The dotted keys the sweep file sets, in its order: trials: entries (first seen), then
+    grid:, then search.space: (the report's column order; the seed key is left out)."""
+    spec = sweep.file
+    keys = [k for entry in spec.trials for k in entry if k not in TRIAL_META]
+    keys += [*spec.grid, *spec.search.space]
+    return [k for k in dict.fromkeys(keys) if k != SEED_KEY]
 
 
 def _validate_trial_entry(sweep: Sweep, i: int, entry: Mapping[str, Any]) -> None:
@@ -530,19 +632,38 @@ def _require_config_key(sweep: Sweep, key: str, loc: KeyPath) -> None:
 
 
 def config_key_problem(key: str) -> str | None:
-    """Why `key` is not a dotted engine-config key (with a suggestion), or None when it is."""
+    """Why `key` is not a dotted engine-config key (with a suggestion), or None when it is.
+
+    Below a free-form mapping (loss.custom.params) every key is allowed: the plugin's own check
+    names one it does not take.
+    """
     model: type[BaseModel] = Config
     parts = key.split(".")
     for i, part in enumerate(parts):
         field = model.model_fields.get(part)
         if field is None:
             return f"{key!r} is not a config key{_suggest(key)}"
-        ann = field.annotation
-        if i < len(parts) - 1:
-            if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-                return f"{'.'.join(parts[: i + 1])} is a value, not a section; cannot set {key!r}"
-            model = ann
+        if i == len(parts) - 1:
+            return None
+        section = _section_model(field.annotation)
+        if section is None and _is_mapping(field.annotation):
+            return None
+        if section is None:
+            return f"{'.'.join(parts[: i + 1])} is a value, not a section; cannot set {key!r}"
+        model = section
     return None
+
+
+def _section_model(ann: Any) -> type[BaseModel] | None:
+    """The config section a field holds: `Section` or `Section | None` (loss.custom)."""
+    for candidate in (ann, *typing.get_args(ann)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _is_mapping(ann: Any) -> bool:
+    return typing.get_origin(ann) is dict
 
 
 def _config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
@@ -602,10 +723,12 @@ def _with(tree: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def expand(sweep: Sweep) -> list[Trial]:
-    """The sweep's trials in a fixed order: `trials:` entries, then the grid, each x seeds.
+    """The sweep's trials in the file's order: `trials:` entries, then the grid, each x seeds.
 
-    Grid axes are sorted by key and combined with itertools.product, so the order and ids do not
-    depend on the order of keys in the file. `search: optuna` has no fixed trials (returns []).
+    The grid runs through its axes as the file lists them (the first axis slowest, each axis's
+    values in order), as the paper's tables list their rows. A grid trial's values (and so its
+    id) are in sorted key order: reordering the file's axes changes neither ids nor run ids.
+    `search: optuna` has no fixed trials (returns []).
     """
     spec = sweep.file
     if spec.search.method == "optuna":
@@ -614,10 +737,11 @@ def expand(sweep: Sweep) -> list[Trial]:
     for i, entry in enumerate(spec.trials):
         params = {k: v for k, v in entry.items() if k not in TRIAL_META}
         entries.append((params, entry.get("label"), entry.get("role"), sweep.where("trials", i)))
-    axes = sorted(spec.grid)
+    axes = list(spec.grid)
     combos = itertools.product(*(spec.grid[a] for a in axes)) if axes else []
     for combo in combos:
-        entries.append((dict(zip(axes, combo, strict=True)), None, None, "grid"))
+        values = dict(zip(axes, combo, strict=True))
+        entries.append(({a: values[a] for a in sorted(axes)}, None, None, "grid"))
     names = _short_names([k for params, *_ in entries for k in params])
     seeds = seed_values(sweep)
     trials = [
@@ -663,7 +787,11 @@ def _make_trial(
     head = label or ",".join(f"{names.get(k, k)}={_fmt(v)}" for k, v in shown.items())
     trial_id = f"{head},seed={cfg.train.seed}" if head else f"seed={cfg.train.seed}"
     arm = head or "(base config)"
-    return Trial(trial_id, cfg.run_id(), cfg, shown, label, role, cfg.train.seed, arm)
+    try:
+        run_id = cfg.run_id()  # a loss plugin's source is hashed here (its error names it)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return Trial(trial_id, run_id, cfg, shown, label, role, cfg.train.seed, arm)
 
 
 def _short_names(keys: Iterable[str]) -> dict[str, str]:

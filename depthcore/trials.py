@@ -23,7 +23,7 @@ import numpy as np
 from depthcore import store
 from depthcore.errors import ConfigError, TrainingError
 from depthcore.racing import RaceState, race
-from depthcore.sweep import Sweep, SweepFile, Trial, expand
+from depthcore.sweep import Sweep, SweepFile, Trial, expand, key_order
 
 __all__ = [
     "NOT_STARTED",
@@ -88,7 +88,9 @@ class SweepIndex:
             if isinstance(old.get("evaluations"), dict):
                 self.evaluations.update(old["evaluations"])
         else:
-            self.swept = swept_keys(trials)
+            order = key_order(sweep)  # the file's order, for the report's columns
+            rank = {key: i for i, key in enumerate(order)}
+            self.swept = sorted(swept_keys(trials), key=lambda k: rank.get(k, len(rank)))
         for trial in trials:
             self.add(trial)
         # An index naming other evaluations of the same runs is kept beside the new one.
@@ -148,6 +150,8 @@ class SweepIndex:
             index["estimate"] = self.estimate
         if spec.adaptive is not None:
             index["seeds"] = spec.adaptive.model_dump()
+        if spec.report.labels or spec.report.columns is not None:
+            index["report"] = spec.report.model_dump(exclude_none=True)
         if self.replaced is not None:
             name = f"{self.sweep.name}@{evaluations_key(self.replaced)}"
             store.write_sweep_index(self.results, name, {**self.replaced, "name": name})

@@ -71,6 +71,24 @@ def test_fast_step_variants_train_like_the_plain_eager_step(
         assert (graph_w[key] - value).norm() <= 0.15 * update + 1e-7, key
 
 
+def test_the_example_loss_plugin_is_captured_and_trains_like_the_eager_step(
+    cuda_overrides,
+) -> None:
+    """examples/gradient_ssim.py passes the capture check on meta tensors (test_plugins.py); here
+    the CUDA graph really captures it."""
+    repo = Path(__file__).resolve().parents[1]
+    plugin = f"{{fn: 'examples.gradient_ssim:gradient_ssim', path: '{repo}'}}"
+    cfg = load_config(
+        None,
+        [*cuda_overrides, "train.amp=false", "loss.photometric=custom", f"loss.custom={plugin}"],
+    )
+    loader = build_train_loader(cfg, resolve_data(cfg))
+    batches = [b for _, b in zip(range(3), loader, strict=False)]
+    eager_losses, _, _ = _steps(cfg, False, batches)
+    graph_losses, _, _ = _steps(cfg, True, batches)
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-4)
+
+
 def test_cuda_run_with_amp_and_graph_writes_finite_metrics(cuda_overrides, tmp_path) -> None:
     cfg = load_config(None, [*cuda_overrides, "train.amp=true", "train.cuda_graph=true"])
     final = engine.train(cfg, tmp_path, progress=False)

@@ -69,3 +69,33 @@ def test_mean_over_images_not_pixels() -> None:
     assert mean_errors(rows)["abs_rel"] == 2.0
     with pytest.raises(ValueError, match="no image"):
         mean_errors([])
+
+
+def test_each_accuracy_uses_its_own_threshold() -> None:
+    """Ratios just below and above 1.25, 1.25² and 1.25³ (both directions, pred above and below
+    gt): each threshold splits them differently, so a2 or a3 computed with another power fails.
+    (The hand test's ratios 2.0 and 1.25 agree under 1.25² and 1.25³.)"""
+    ratios = np.array([1.25, 1.25**2, 1.25**3])[:, None] * np.array([1 - 1e-3, 1 + 1e-3])
+    ratios = ratios.ravel()  # 1.25-, 1.25+, 1.5625-, 1.5625+, 1.953-, 1.953+
+    gt = np.full(2 * ratios.size, 10.0)
+    pred = np.concatenate([gt[: ratios.size] * ratios, gt[ratios.size :] / ratios])
+    err = depth_errors(gt, pred)
+    assert (err["a1"], err["a2"], err["a3"]) == (1 / 6, 3 / 6, 5 / 6)
+
+
+def test_median_scaling_uses_medians_not_means() -> None:
+    """Skewed ground truth, where its median (15 m) and mean (27.5 m) differ, against a constant
+    prediction: the scale is median(gt) / median(pred) = 5."""
+    gt = np.zeros((375, 1242))
+    rows = slice(200, 300)
+    gt[rows, 100:500] = 10.0  # half of the valid pixels
+    gt[rows, 500:700] = 20.0  # a quarter
+    gt[rows, 700:900] = 70.0  # a quarter
+    pred = np.full_like(gt, 3.0)
+    err, ratio = eigen_image_errors(gt, pred)
+    assert ratio == pytest.approx(5.0)
+    scaled = 15.0
+    want = (0.5 * abs(10 - scaled) / 10 + 0.25 * abs(20 - scaled) / 20) + 0.25 * abs(
+        70 - scaled
+    ) / 70
+    assert err["abs_rel"] == pytest.approx(want)

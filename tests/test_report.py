@@ -73,7 +73,12 @@ def test_marks_in_markdown_and_latex(kitti_marks: Path) -> None:
     md_rows = _pipe_rows((kitti_marks / "ablation.md").read_text())
     tex = (kitti_marks / "ablation.tex").read_text()
     tex_rows = [
-        r.split("&") for r in tex.split("\\midrule")[1].split("\\bottomrule")[0].split("\\\\")
+        r.split("&")
+        # past the header's rule; the second one separates the reference rows from the others
+        for r in tex.split("\\midrule", 1)[1]
+        .split("\\bottomrule")[0]
+        .replace("\\midrule", "")
+        .split("\\\\")
     ]
     tex_rows = [[c.strip() for c in r] for r in tex_rows if len(r) > 1]
     label = {"Baseline": "base", "A": "A", "B": "B", "C": "C"}

@@ -86,16 +86,18 @@ def test_quickstart_is_a_small_cpu_subset() -> None:
         assert t.config.eval.scales == (0, 1, 2, 3)  # the demo report shows Table 4's view
 
 
-def test_table2_grid_ids_follow_the_sorted_axis_product() -> None:
-    """Expected ids computed independently: baseline first, then w_c, w_l, w_mae, w_s nested."""
+def test_table2_grid_runs_in_file_order_with_sorted_key_ids() -> None:
+    """Expected ids computed independently: baseline first, then the grid as the file lists it
+    (w_mae slowest, then w_l, w_c, w_s, as the paper's rows), each id's keys sorted, so that
+    ids stay those of a file with its axes in any order."""
     axes = {
-        "w_c": ["0.4", "0.5", "0.6"],
-        "w_l": ["0.4", "0.5", "0.6"],
         "w_mae": ["0.3", "0.4"],
+        "w_l": ["0.4", "0.5", "0.6"],
+        "w_c": ["0.4", "0.5", "0.6"],
         "w_s": ["0.5", "0.6", "0.7"],
     }
     expected = ["baseline,seed=1234"] + [
-        ",".join(f"{k}={v}" for k, v in zip(axes, combo, strict=True)) + ",seed=1234"
+        ",".join(f"{k}={v}" for k, v in sorted(zip(axes, combo, strict=True))) + ",seed=1234"
         for combo in itertools.product(*axes.values())
     ]
     trials = expand(load("table2_grid"))
@@ -355,6 +357,29 @@ def test_optuna_sweep_has_no_fixed_trials_but_validates_samples() -> None:
         (
             "name: x\ngrid:\n  loss.w_c: [0.1]\n  loss.w_c: [0.2]\n",
             "line 4: invalid YAML (key 'loss.w_c' appears twice in this mapping)",
+        ),
+        (
+            "name: x\ngrid: {loss.w_c: [0.1]}\nreport: {lables: {loss.w_c: c}}\n",
+            "line 3: report.lables: unknown key (did you mean 'labels'?)",
+        ),
+        (
+            "name: x\ngrid: {loss.w_c: [0.1]}\nreport:\n  labels: {loss.w_l: '$w_l$'}\n",
+            "line 4: report.labels.loss.w_l: 'loss.w_l' is not a key this sweep varies (did you "
+            "mean 'loss.w_c'?); the table's columns are the keys set in trials:, grid: or "
+            "search.space: (loss.w_c)",
+        ),
+        (
+            "name: x\ngrid: {loss.w_c: [0.1]}\nreport: {columns: [loss.wc]}\n",
+            "report.columns[0]: 'loss.wc' is not a config key (did you mean 'loss.w_c'?)",
+        ),
+        (
+            "name: x\ngrid: {loss.w_c: [0.1]}\nreport: {columns: [loss.w_c, loss.w_c]}\n",
+            "report.columns: names 'loss.w_c' twice",
+        ),
+        (
+            "name: x\ngrid: {loss.w_c: [0.1, 0.2], loss.w_l: [0.3]}\n"
+            "report: {columns: [loss.w_c, loss.w_l]}\n",
+            "report.columns[1]: loss.w_l is 0.3 in every trial, so it is no column of the table",
         ),
     ],
 )

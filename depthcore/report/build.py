@@ -1,9 +1,9 @@
 """Build the report of one or more sweeps (or of an imported CSV) from result files alone.
 
 Layout: <out>/<sweep>/{ablation.md,.tex,.csv,.html, effects.csv, marginals.csv, marginals.md,
-importance.csv, significance.csv, significance.md, per_scale.csv, runs.csv, summary.json,
-figures/*.png|pdf, report.html} and <out>/index.html. Outputs carry no timestamps, so building
-twice gives identical bytes.
+importance.csv, significance.csv, significance.md, per_scale.csv, compute.csv, compute.md,
+runs.csv, summary.json, figures/*.png|pdf, report.html}, <out>/compute.csv and <out>/index.html
+(docs/report.md lists them). Outputs carry no timestamps, so building twice gives identical bytes.
 """
 
 from __future__ import annotations
@@ -195,18 +195,22 @@ def _ablation(
     folder: Path,
     formats: tuple[str, ...],
 ) -> Section:
-    shown = tables.shown_params(rows[~rows["reference"]], data.params)
+    shown, constant = tables.table_params(rows[~rows["reference"]], data.params, data.columns)
     cells = {fmt: tables.ablation_cells(rows, shown, fmt, dagger) for fmt in ("md", "tex", "html")}
-    html = tables.to_html_table(cells["html"], marks)
+    labels = data.labels
+    html = tables.to_html_table(cells["html"], marks, labels=labels)
+    notes = [tables.constant_note(constant, labels, fmt) for fmt in ("md", "tex", "html")]
+    html_notes = [notes[2]] if notes[2] else []
     if "md" in formats:
-        table = tables.to_markdown(cells["md"], marks, left=1 + len(shown))
-        text = f"# {data.name}: ablation\n\n{table}\n{tables.LEGEND}\n{_unfinished_note(data)}"
-        store.write_text_atomic(folder / "ablation.md", text)
+        table = tables.to_markdown(cells["md"], marks, left=1 + len(shown), labels=labels)
+        text = f"# {data.name}: ablation\n\n{table}\n{tables.LEGEND}\n"
+        text += f"{notes[0]}\n" if notes[0] else ""
+        store.write_text_atomic(folder / "ablation.md", text + _unfinished_note(data))
     if "tex" in formats:
-        caption = f"Ablation: {tables.tex_escape(data.name)}. {tables.TEX_LEGEND}"
-        store.write_text_atomic(
-            folder / "ablation.tex", tables.to_latex(cells["tex"], marks, caption)
-        )
+        caption = " ".join(filter(None, [_caption_stub(data), notes[1], tables.TEX_LEGEND]))
+        top = int(rows["reference"].sum() + (rows["role"] == BASELINE).sum())
+        latex = tables.to_latex(cells["tex"], marks, caption, labels, f"tab:{data.name}", top)
+        store.write_text_atomic(folder / "ablation.tex", TEX_HEADER + latex)
     if "csv" in formats:
         frame = tables.to_csv_frame(rows, marks, dagger, data.params)
         store.write_text_atomic(folder / "ablation.csv", frame.to_csv(index=False))
@@ -214,11 +218,29 @@ def _ablation(
         page = render_report(
             f"{data.name}: ablation",
             [],
-            [Section("ablation", "Ablation", [Table(html, legend=tables.LEGEND)])],
+            [
+                Section(
+                    "ablation", "Ablation", [Table(html, legend=tables.LEGEND)], notes=html_notes
+                )
+            ],
         )
         store.write_text_atomic(folder / "ablation.html", page)
-    notes = [] if len(rows) else ["No finished run yet."]
-    return Section("ablation", "Ablation table", [Table(html, legend=tables.LEGEND)], notes=notes)
+    empty = [] if len(rows) else ["No finished run yet."]
+    return Section(
+        "ablation", "Ablation table", [Table(html, legend=tables.LEGEND)], notes=empty + html_notes
+    )
+
+
+# ablation.tex's first lines: what a paper's preamble needs for it.
+TEX_HEADER = "% depthsweep ablation table; needs \\usepackage{booktabs} in the preamble\n"
+
+
+def _caption_stub(data: SweepData) -> str:
+    """The caption's first sentence, for the author to rewrite: the sweep and the data."""
+    on = {"kitti": " on KITTI (Eigen split)", "synthetic": " on synthetic data"}.get(
+        data.dataset or "", ""
+    )
+    return f"Ablation study {tables.tex_escape(data.name)}{on}."
 
 
 def _unfinished_note(data: SweepData) -> str:
@@ -435,16 +457,24 @@ def shown_per_scale(
     names = list(dict.fromkeys(table["config"]))
     if len(names) <= limit:
         return table, None
-    candidates = configs[configs["config"].isin(names)]
-    baseline = candidates[candidates["role"] == BASELINE].head(1)
-    best = views.top_points(candidates, metric, limit - len(baseline))
-    keep = set(baseline["config"]) | set(best["config"])
+    keep, which = baseline_and_best(configs, names, metric, limit)
     note = (
-        f"{len(names)} configurations were evaluated at several scales; shown are "
-        f"{'the baseline and ' if len(baseline) else ''}the {len(best)} best by {metric}. "
+        f"{len(names)} configurations were evaluated at several scales; shown are {which}. "
         "per_scale.csv has them all."
     )
     return table[table["config"].isin(keep)], note
+
+
+def baseline_and_best(
+    configs: pd.DataFrame, names: list[str], metric: str, limit: int
+) -> tuple[set[str], str]:
+    """Of the configurations `names` (config keys), the baseline and the best by `metric`, at
+    most `limit` in all, and how a note says so ('the baseline and the 7 best by abs_rel')."""
+    candidates = configs[configs["config"].isin(names)]
+    baseline = candidates[candidates["role"] == BASELINE].head(1)
+    best = views.top_points(candidates, metric, limit - len(baseline))
+    which = f"{'the baseline and ' if len(baseline) else ''}the {len(best)} best by {metric}"
+    return set(baseline["config"]) | set(best["config"]), which
 
 
 def _per_scale(data: SweepData, configs: pd.DataFrame, folder: Path, plot: bool) -> Section:
@@ -482,11 +512,12 @@ def _figures(
     preds = Section("predictions", "Depth predictions (Figures 3-4)")
     marg = Section("marginal-plots", "Marginal plots")
     analytic = Section("ssim", "SSIM surfaces (Figure 1)")
-    fig = plots.learning_curves(_curves(data))
+    fig, note = _learning_curves(data, configs)
     if fig is not None:
-        curves.figures.append(
-            _save(fig, folder, "learning_curves", "Train loss and test metrics of every run")
-        )
+        caption = "Train loss and test metrics of " + ("every run" if note is None else "runs")
+        curves.figures.append(_save(fig, folder, "learning_curves", caption))
+    if note is not None:
+        curves.notes.append(note)
     marginals = with_effects(marginal_stats(configs, data.params), effects)
     fig = plots.marginal_plots(marginals, grid_points(configs), data.metric)
     if fig is not None:
@@ -528,11 +559,36 @@ PREDICTION_FIGURES = (
 )
 
 
-def _curves(data: SweepData) -> list[tuple[str, list[dict[str, object]]]]:
-    names = [tables.config_name(row, data.params) for _, row in data.runs.iterrows()]
-    return [
-        (n, store.read_curves(d)) for n, d in zip(names, data.runs["run_dir"], strict=True) if d
-    ]
+# Configurations in the learning curves: past this, the baseline and the best (as per scale).
+CURVES_SHOWN = PER_SCALE_SHOWN
+
+
+def _learning_curves(
+    data: SweepData, configs: pd.DataFrame
+) -> tuple[plots.Figure | None, str | None]:
+    """Every run's curves, or past CURVES_SHOWN configurations, the baseline's and the best
+    configurations' (a legend of 55 lines in reused colours reads as none), and a note."""
+    curves = _curves(data)
+    keys = list(dict.fromkeys(key for key, _, _ in curves))
+    note = None
+    if len(keys) > CURVES_SHOWN:
+        keep, which = baseline_and_best(configs, keys, data.metric, CURVES_SHOWN)
+        curves = [c for c in curves if c[0] in keep]
+        note = (
+            f"{len(keys)} configurations have learning curves; shown are {which} (finished "
+            "runs). Each run's metrics.jsonl has its curves."
+        )
+    return plots.learning_curves([(name, records) for _, name, records in curves]), note
+
+
+def _curves(data: SweepData) -> list[tuple[str, str, list[dict[str, object]]]]:
+    """(config key, configuration name, metrics.jsonl records) of every run that logged any."""
+    out = []
+    for _, row in data.runs.iterrows():
+        records = store.read_curves(row["run_dir"]) if row["run_dir"] else []
+        if records:
+            out.append((row["config"], tables.config_name(row, data.params), records))
+    return out
 
 
 def _chosen_predictions(data: SweepData, configs: pd.DataFrame) -> list[tuple[str, dict]]:

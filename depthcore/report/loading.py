@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class SweepData:
     race: dict[str, Any] | None = None  # the index's `seeds: {start, max, ...}` when raced
     estimate: dict[str, Any] | None = None  # the index's cost estimate from the sweep's start
     evaluations: dict[str, Any] | None = None  # eval id -> its settings (the index's)
+    labels: dict[str, str] = field(default_factory=dict)  # report.labels: key -> header
+    columns: tuple[str, ...] | None = None  # report.columns: the table's keys, in order
     # How the trials were chosen: "grid", "trials" (listed), "search" (sampled; not a factorial
     # design); None for an imported CSV or an index written before the index recorded it.
     design: str | None = None
@@ -104,6 +106,7 @@ def load_sweep_results(results: Path, name: str) -> SweepData:
     metric = str(index.get("metric")) if index.get("metric") in METRIC_NAMES else METRIC_NAMES[0]
     race = index.get("seeds") if isinstance(index.get("seeds"), dict) else None
     evaluations = index.get("evaluations") if isinstance(index.get("evaluations"), dict) else None
+    labels, columns = report_spec(index, params)
     return SweepData(
         str(index.get("name") or name),
         params,
@@ -114,8 +117,26 @@ def load_sweep_results(results: Path, name: str) -> SweepData:
         race,
         index_estimate(index),
         evaluations,
+        labels,
+        columns,
         design=str(index["design"]) if index.get("design") in DESIGNS else None,
     )
+
+
+def report_spec(
+    index: dict[str, Any], params: tuple[str, ...]
+) -> tuple[dict[str, str], tuple[str, ...] | None]:
+    """The index's `report: {labels, columns}` (the sweep file's), for keys the sweep varies;
+    anything else in it is ignored, as a reader of a foreign file should."""
+    spec = index.get("report")
+    spec = spec if isinstance(spec, dict) else {}
+    raw = spec.get("labels")
+    raw = raw if isinstance(raw, dict) else {}
+    labels = {str(k): v for k, v in raw.items() if k in params and isinstance(v, str)}
+    columns = spec.get("columns")
+    if not isinstance(columns, list):
+        return labels, None
+    return labels, tuple(dict.fromkeys(str(c) for c in columns if c in params))
 
 
 def index_estimate(index: dict[str, Any]) -> dict[str, Any] | None:

@@ -9,7 +9,10 @@ report does not claim (significance.py: no difference shown after Holm, or a sin
 
 from __future__ import annotations
 
+import functools
 import math
+import re
+import unicodedata
 from collections.abc import Callable
 
 import pandas as pd
@@ -163,6 +166,90 @@ def ablation_rows(configs: pd.DataFrame, data: SweepData) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
+def table_params(
+    configs: pd.DataFrame, params: tuple[str, ...], columns: tuple[str, ...] | None = None
+) -> tuple[tuple[str, ...], dict[str, object]]:
+    """The swept keys the ablation table shows, in order, and the constant ones it leaves out.
+
+    `columns` (the sweep file's `report.columns`) picks and orders them; otherwise every key some
+    configuration sets (`shown_params`), less the keys with one value on every configuration but
+    the baseline (Table 1's `loss.photometric: ssim_m`), which a caption note says instead.
+    """
+    if columns is not None:
+        return tuple(k for k in columns if k in params), {}
+    shown = shown_params(configs, params)
+    constant = constant_params(configs, shown)
+    return tuple(k for k in shown if k not in constant), constant
+
+
+def constant_params(configs: pd.DataFrame, keys: tuple[str, ...]) -> dict[str, object]:
+    """Keys set to one and the same value on every configuration but the baseline (2 or more)."""
+    points = configs[configs["role"] != BASELINE]
+    if len(points) < 2:
+        return {}
+    return {
+        key: points[key].iloc[0]
+        for key in keys
+        if points[key].notna().all() and points[key].nunique() == 1
+    }
+
+
+def constant_note(constant: dict[str, object], labels: dict[str, str], fmt: str = "md") -> str:
+    """'All configurations but the baseline have loss.photometric = ssim_m.' (or '')."""
+    if not constant:
+        return ""
+    parts = [f"{header_label(k, labels, fmt)} = {_text(format_value(v), fmt)}" for k, v in
+             constant.items()]  # fmt: skip
+    return f"Every configuration but the baseline has {', '.join(parts)}."
+
+
+def _text(text: str, fmt: str) -> str:
+    return tex_escape(text) if fmt == "tex" else text
+
+
+def header_label(key: str, labels: dict[str, str], fmt: str) -> str:
+    """A swept key's column header: its label (report.labels) or the key itself.
+
+    LaTeX: a label's `$...$` parts are math and stay as written, the rest is escaped, and so is a
+    raw key; HTML: math delimiters dropped and Greek letter commands as letters (\\alpha -> α);
+    markdown: the label as written (GitHub renders $...$).
+    """
+    label = labels.get(key)
+    if fmt == "tex":
+        return tex_label(label) if label else tex_escape(key)
+    if fmt == "html":
+        return plain_label(label) if label else key
+    return label or key
+
+
+def tex_label(text: str) -> str:
+    """LaTeX for a label: text between unescaped `$` pairs is math (verbatim), the rest escaped."""
+    parts = re.split(r"(?<!\\)\$", text)
+    if len(parts) % 2 == 0:  # an unpaired $: all text
+        return tex_escape(text)
+    return "".join(f"${p}$" if i % 2 else tex_escape(p) for i, p in enumerate(parts))
+
+
+def plain_label(text: str) -> str:
+    """A label without LaTeX markup: $ dropped, \\alpha -> α (unicodedata's Greek names)."""
+    parts = re.split(r"(?<!\\)\$", text)
+    if len(parts) % 2 == 0:
+        return text
+    return "".join(_plain_math(p) if i % 2 else p for i, p in enumerate(parts))
+
+
+def _plain_math(math_text: str) -> str:
+    def letter(match: re.Match[str]) -> str:
+        name = match.group(1)
+        case = "CAPITAL" if name[0].isupper() else "SMALL"
+        try:
+            return unicodedata.lookup(f"GREEK {case} LETTER {name.upper()}")
+        except KeyError:
+            return match.group(0)
+
+    return re.sub(r"\\([A-Za-z]+)", letter, math_text).replace("{", "").replace("}", "")
+
+
 def shown_params(configs: pd.DataFrame, params: tuple[str, ...]) -> tuple[str, ...]:
     """Swept keys that some non-baseline configuration sets (a key only the baseline sets, such
     as `loss.photometric: standard`, is said by its 'Baseline' label, as in the paper)."""
@@ -221,11 +308,17 @@ def table_marks(rows: pd.DataFrame) -> pd.DataFrame:
 # Rendering
 
 
-def to_markdown(cells: pd.DataFrame, marks: pd.DataFrame, left: int = 1) -> str:
+def to_markdown(
+    cells: pd.DataFrame,
+    marks: pd.DataFrame,
+    left: int = 1,
+    labels: dict[str, str] | None = None,
+) -> str:
     """Pipe table; bold as **x**, underline as <ins>x</ins>, italic as *x* (GitHub renders all).
 
     Args:
         left: how many leading (text) columns are left-aligned; the rest are right-aligned.
+        labels: column headers for swept keys (`header_label`).
     """
     wrap = {"best": "**{}**", "second": "<ins>{}</ins>", "estimate": "*{}*", "": "{}"}
     shown = cells.copy()
@@ -233,33 +326,60 @@ def to_markdown(cells: pd.DataFrame, marks: pd.DataFrame, left: int = 1) -> str:
         shown[metric] = [
             wrap[m].format(t) for t, m in zip(cells[metric], marks[metric], strict=True)
         ]
-    shown.columns = _headers(cells, "md")
+    shown.columns = _headers(cells, "md", labels)
     return (
         shown.to_markdown(index=False, disable_numparse=True, colalign=_align(cells, left)) + "\n"
     )
 
 
-def to_latex(cells: pd.DataFrame, marks: pd.DataFrame, caption: str) -> str:
-    """booktabs tabular (\\toprule/\\midrule/\\bottomrule) inside a table with a caption."""
+def to_latex(
+    cells: pd.DataFrame,
+    marks: pd.DataFrame,
+    caption: str,
+    labels: dict[str, str] | None = None,
+    label: str | None = None,
+    top: int = 0,
+) -> str:
+    """A booktabs table (\\toprule/\\midrule/\\bottomrule, no vertical rules) in a table
+    float with a caption (and `\\label{label}`); needs `\\usepackage{booktabs}`.
+
+    Cell text and raw keys are escaped; a label's `$...$` is math (`tex_label`). The method
+    column is left-aligned, hyperparameters centred, numbers right-aligned; a \\midrule
+    follows the first `top` rows (the references and the baseline) when more rows follow.
+    """
     css = {
         "best": "textbf: --rwrap;",
         "second": "underline: --rwrap;",
         "estimate": "textit: --rwrap;",
         "": "",
     }
-    styler = _styler(cells, marks, css, "ablation", _headers(cells, "tex"))
+    styler = _styler(cells, marks, css, "ablation", _headers(cells, "tex", labels))
     text_columns = [
         h for c, h in zip(cells.columns, styler.columns, strict=True) if c not in METRIC_NAMES
     ]
     styler = styler.format(escape="latex", subset=text_columns)
-    fmt = "".join("r" if c in METRIC_NAMES or c == "n" else "l" for c in cells.columns)
-    return styler.to_latex(
-        hrules=True, column_format=fmt, caption=caption, position_float="centering"
+    align = {"Method": "l", "n": "r", **dict.fromkeys(METRIC_NAMES, "r")}
+    fmt = "".join(align.get(str(c), "c") for c in cells.columns)
+    latex = styler.to_latex(
+        hrules=True, column_format=fmt, caption=caption, label=label, position_float="centering"
     )
+    return _midrule_after(latex, top) if 0 < top < len(cells) else latex
+
+
+def _midrule_after(latex: str, rows: int) -> str:
+    """Insert a \\midrule after the first `rows` body rows (one line each, as Styler writes)."""
+    lines = latex.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("\\midrule"))
+    at = start + 1 + rows
+    return "".join([*lines[:at], "\\midrule\n", *lines[at:]])
 
 
 def to_html_table(
-    cells: pd.DataFrame, marks: pd.DataFrame, uuid: str = "ablation", css_class: str = "ablation"
+    cells: pd.DataFrame,
+    marks: pd.DataFrame,
+    uuid: str = "ablation",
+    css_class: str = "ablation",
+    labels: dict[str, str] | None = None,
 ) -> str:
     """An HTML <table id="T_<uuid>"> (with its <style>) marking cells by CSS; fixed ids."""
     css = {
@@ -268,7 +388,7 @@ def to_html_table(
         "estimate": "font-style: italic;",
         "": "",
     }
-    styler = _styler(cells, marks, css, uuid, _headers(cells, "html"))
+    styler = _styler(cells, marks, css, uuid, _headers(cells, "html", labels))
     return styler.set_table_attributes(f'class="{css_class}"').to_html()
 
 
@@ -284,9 +404,12 @@ def _styler(
     return styler.apply(lambda _: styles, axis=None)
 
 
-def _headers(cells: pd.DataFrame, fmt: str) -> list[str]:
-    escape: Callable[[str], str] = tex_escape if fmt == "tex" else str
-    return [metric_header(c, fmt) if c in METRIC_NAMES else escape(c) for c in cells.columns]
+def _headers(cells: pd.DataFrame, fmt: str, labels: dict[str, str] | None = None) -> list[str]:
+    def header(column: str) -> str:
+        return metric_header(column, fmt) if column in METRIC_NAMES else label(column)
+
+    label: Callable[[str], str] = functools.partial(header_label, labels=labels or {}, fmt=fmt)
+    return [header(str(c)) for c in cells.columns]
 
 
 def _align(cells: pd.DataFrame, left: int) -> tuple[str, ...]:

@@ -1,0 +1,1 @@
+"""Examples that extend depthsweep from outside depthcore (docs/losses.md, "Loss plugins")."""
