@@ -254,7 +254,7 @@ IDENTITY = {
 }
 # Loss weights the default kind (standard) ignores: test_identity_ignores_unused_weights...
 UNUSED_BY_STANDARD = {"loss.alpha", "loss.beta", "loss.gamma", "loss.w_mae", "loss.w_l"}
-UNUSED_BY_STANDARD |= {"loss.w_c", "loss.w_s"}
+UNUSED_BY_STANDARD |= {"loss.w_c", "loss.w_s", "loss.custom"}  # custom: tests/test_plugins.py
 
 
 def _with(key: str, value: object) -> Config:

@@ -337,8 +337,9 @@ def test_example_plugin_sweep_on_ray_appears_in_the_report(
     outcome = run_sweep(sweep, results, dashboard=False)
     assert outcome.exit_code == 0, capsys.readouterr().out
     plugin_run = next(t for t in expand(sweep) if t.label == "g_ssim")
-    assert store.read_final(store.run_path(results, plugin_run.run_id)) is not None
-    saved = store.read_run_config(store.run_path(results, plugin_run.run_id))
+    run_dir = store.run_path(results, plugin_run.run_id)
+    assert store.read_evaluation(run_dir, plugin_run.eval_id) is not None
+    saved = store.read_run_config(run_dir)
     assert saved is not None and saved["loss"]["custom"] == {
         "fn": fn, "params": {}, "path": str(lab)
     }  # fmt: skip

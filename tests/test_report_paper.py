@@ -56,7 +56,7 @@ def _results_of(sweep_file: str, results: Path, monkeypatch: pytest.MonkeyPatch)
             trial.params, seed=trial.seed, role=trial.role, label=trial.label,
             metrics=_fake_metrics(i, len(trials)),
         )  # fmt: skip
-        write_run(store.run_path(results, trial.run_id), fake, "kitti")
+        write_run(store.run_path(results, trial.run_id), fake, "kitti", trial.eval_id)
     SweepIndex(sweep, results, trials).write()
     return sweep.name
 
