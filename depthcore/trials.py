@@ -7,12 +7,13 @@ never imports Ray (runners/sweep.py --only), so breakpoints and plain tracebacks
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 
 from depthcore import store
 from depthcore.errors import ConfigError, TrainingError
+from depthcore.preflight import check_data, check_sweep_name
 from depthcore.racing import RaceState, race
 from depthcore.sweep import Sweep, Trial, expand
 
@@ -28,7 +30,6 @@ __all__ = [
     "NOT_STARTED",
     "SweepIndex",
     "SweepOutcome",
-    "budget_note",
     "engine_train",
     "execute_trial",
     "find_trial",
@@ -36,6 +37,7 @@ __all__ = [
     "run_one",
     "say",
     "swept_keys",
+    "with_trial_cpus",
 ]
 
 TrainFn = Callable[..., dict[str, Any]]
@@ -46,6 +48,10 @@ DETERMINISTIC_ERRORS = ("TrainingError", "DataError", "ConfigError")
 LOCK_POLL_S = float(os.environ.get("DEPTHSWEEP_LOCK_POLL_S", "10"))
 # What execute_trial returns for a run the budget gate did not start (its folder untouched).
 NOT_STARTED: dict[str, Any] = {"not_started": "budget"}
+BUDGET_REFUSAL = "budget reached; run"
+# The stop reason of a raced configuration one of whose runs failed (after Ray's retries): the
+# race goes on without it in this invocation (docs/sweeps.md, "Adaptive seeds").
+FAILED_ARM = "failed"
 
 
 def say(message: str) -> None:
@@ -105,18 +111,31 @@ class SweepIndex:
     def status_of(self, run_id: str) -> str:
         return next(e["status"] for e in self.entries.values() if e["run_id"] == run_id)
 
-    def race(self, trials: Sequence[Trial]) -> RaceState:
+    def race(self, trials: Sequence[Trial], failed_arms: Collection[str] = ()) -> RaceState:
         """Replay the race (adaptive seeds): the index then lists the trials it has used or asked
-        for, each with its arm's `seeds_run` and `stop_reason`."""
-        state = race_state(self.sweep, self.results, trials)
+        for, each with its arm's `seeds_run` and `stop_reason`. `failed_arms` (a run of theirs
+        failed in this invocation) race no more: listed up to their last run tried, `failed`."""
+        in_race = [t for t in trials if t.arm not in failed_arms]
+        state = race_state(self.sweep, self.results, in_race)
         self.entries = {}
-        for trial in raced_trials(trials, state):
+        for trial in raced_trials(in_race, state):
             self.add(trial)
             arm = state.arms[trial.arm]
             self.entries[trial.trial_id].update(
                 seeds_run=arm.seeds_run, stop_reason=arm.stop_reason
             )
+        for name in failed_arms:
+            self._add_failed_arm([t for t in trials if t.arm == name])
         return state
+
+    def _add_failed_arm(self, group: Sequence[Trial]) -> None:
+        statuses = [store.run_status(self.run_dir(t.run_id)) for t in group]
+        tried = [i + 1 for i, status in enumerate(statuses) if status != "pending"]
+        last = max(tried, default=0)
+        finished = statuses[:last].count("finished")
+        for trial in group[:last]:
+            self.add(trial)
+            self.entries[trial.trial_id].update(seeds_run=finished, stop_reason=FAILED_ARM)
 
     def write(self) -> None:
         spec = self.sweep.file
@@ -183,7 +202,7 @@ def execute_trial(
             continue
         _refuse_repeated_failure(run_dir, session_start)
         if gate is not None and not gate():
-            out(f"{trial.trial_id}: budget reached; run {trial.run_id} not started")
+            out(f"{trial.trial_id}: {BUDGET_REFUSAL} {trial.run_id} not started")
             return NOT_STARTED
         if before_train is not None:
             before_train(run_dir)
@@ -286,18 +305,6 @@ class SweepOutcome:
         return 0 if all(s == "finished" for s in self.statuses.values()) else 1
 
 
-def budget_note(gate: Any, outcome: SweepOutcome, out: Out) -> None:
-    """After a sweep the budget stopped (`gate`: depthcore.estimate.BudgetGate or None)."""
-    if gate is None or gate.allows():
-        return
-    left = sum(s in ("pending", "interrupted") for s in outcome.statuses.values())
-    if left:
-        out(
-            f"  budget reached ({gate.committed():.3g} of {gate.device_hours:g} device-hours): "
-            f"{left} runs not started; rerun with a larger --budget to continue"
-        )
-
-
 # ----------------------------------------------------------------------------------------------
 # --only: one trial in this process, no Ray
 
@@ -333,6 +340,9 @@ def run_one(
     """Train one trial in this process (debugging: breakpoints work, no Ray involved)."""
     results = Path(results).resolve()
     trial = find_trial(sweep, key)
+    check_sweep_name(sweep, results)  # before anything is written
+    if store.run_status(store.run_path(results, trial.run_id)) != "finished":
+        check_data([trial.config], None)  # this process trains it, on this machine
     index = SweepIndex(sweep, results, expand(sweep))
     run_dir = index.run_dir(trial.run_id)
     out(f"{trial.trial_id}: run {trial.run_id} -> {run_dir}")
@@ -433,13 +443,40 @@ def race_state(sweep: Sweep, results: str | Path, trials: Sequence[Trial]) -> Ra
 
 
 def raced_trials(trials: Sequence[Trial], state: RaceState) -> list[Trial]:
-    """The trials the race has used or asked for so far, each arm's first seeds."""
+    """The trials the race has used or asked for so far, each arm's first seeds: a decided
+    arm's `seeds_run`, an open arm's (and the baseline's) every seed up to the current look,
+    finished or not, so a finished run is never left out while an earlier seed is unfinished."""
     wanted = set(state.next_runs)
     by_arm: dict[str, list[Trial]] = {}
     for trial in trials:
         by_arm.setdefault(trial.arm, []).append(trial)
+    # Seeds per arm at the current look: the baseline's finished ones plus those asked for.
+    look = max(
+        (
+            state.arms[arm].seeds_run + sum(t.run_id in wanted for t in group)
+            for arm, group in by_arm.items()
+            if state.arms[arm].stop_reason == "baseline"
+        ),
+        default=0,
+    )
     out = []
     for arm, group in by_arm.items():
         asked = [i + 1 for i, t in enumerate(group) if t.run_id in wanted]
-        out += group[: max([state.arms[arm].seeds_run, *asked])]
+        seeds = max([state.arms[arm].seeds_run, *asked])
+        if state.arms[arm].stop_reason in ("open", "baseline"):
+            seeds = max(seeds, look)
+        out += group[:seeds]
     return out
+
+
+def with_trial_cpus(trial: Trial, cpus: float) -> Trial:
+    """The trial with `data.num_workers: auto` resolved within the CPUs Ray gave it (loader
+    workers plus the training process, at most 8 workers): 'auto' alone counts the machine's
+    cores, and every trial on the machine would start that many. The run id does not change
+    (num_workers is not part of it)."""
+    cfg = trial.config
+    if cfg.data.num_workers != "auto":
+        return trial
+    workers = max(0, min(8, int(cpus) - 1))
+    data = cfg.data.model_copy(update={"num_workers": workers})
+    return dataclasses.replace(trial, config=cfg.model_copy(update={"data": data}))
