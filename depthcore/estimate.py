@@ -782,17 +782,3 @@ def budget_gate(est: SweepEstimate, budget: float, results: str | Path) -> Budge
     hours = {r.run_id: (r.wall_s or 0.0) * est.share / 3600 for r in est.runs}
     work = {r.run_id: (r.shape, r.work) for r in est.runs if r.work is not None}
     return BudgetGate(float(budget), str(Path(results).resolve()), hours, work, est.share)
-
-
-def record_estimate(
-    sweep: Sweep, trials: Sequence[Trial], results: str | Path, est: SweepEstimate
-) -> None:
-    """Write the estimate into the sweep index at the sweep's start; a rerun of the same trials
-    keeps the first one, so the report compares the cost with what was expected up front."""
-    from depthcore.trials import SweepIndex
-
-    index = SweepIndex(sweep, Path(results).resolve(), trials)
-    old = index.estimate if isinstance(index.estimate, dict) else {}
-    if old.get("runs") != len(est.runs) or old.get("device_hours") is None:
-        index.estimate = index_record(est)
-    index.write()

@@ -107,7 +107,7 @@ def preflight(sweep: Sweep, opts: Options, out: Out = print) -> Start:
         out("\n".join([*plan_lines(sweep, trials, runs), *estimate_lines(est, kind)]))
     else:
         out("\n".join(estimate_lines(est, kind, per_run=False)))
-    todo = _unfinished(trials, opts.results, opts.only, sweep)
+    todo = _unfinished(trials, opts.results)
     budget_check = (budget, _budget_flag(sweep, opts)) if opts.only is None else None
     checks = _checks(sweep, opts, [t.config for t in todo], est, budget_check)
     found = _conclude(sweep, checks, opts, out)
@@ -264,13 +264,7 @@ def check_data(configs: Sequence[Config], address: str | None) -> str:
     return f"KITTI in {roots}: every split frame and the ground truth are there"
 
 
-def _unfinished(
-    trials: Sequence[Trial], results: str, only: str | None, sweep: Sweep
-) -> list[Trial]:
-    if only is not None:
-        from depthcore.trials import find_trial  # trials imports this module
-
-        return [find_trial(sweep, only)]
+def _unfinished(trials: Sequence[Trial], results: str) -> list[Trial]:
     firsts = [group[0] for group in run_groups(trials).values()]
     return [t for t in firsts if store.run_status(store.run_path(results, t.run_id)) != "finished"]
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from depthcore import store
 from depthcore.errors import ConfigError, TrainingError
+from depthcore.estimate import SweepEstimate, index_record
 from depthcore.preflight import check_data, check_sweep_name
 from depthcore.racing import RaceState, race
 from depthcore.sweep import Sweep, Trial, expand
@@ -136,6 +137,16 @@ class SweepIndex:
         for trial in group[:last]:
             self.add(trial)
             self.entries[trial.trial_id].update(seeds_run=finished, stop_reason=FAILED_ARM)
+
+    def keep_estimate(self, est: SweepEstimate | None) -> None:
+        """Record the sweep's estimate at its start (written with the index); a rerun of the same
+        trials keeps the first known one, so the report compares the cost with what was expected
+        up front."""
+        if est is None:
+            return
+        old = self.estimate if isinstance(self.estimate, dict) else {}
+        if old.get("runs") != len(est.runs) or old.get("device_hours") is None:
+            self.estimate = index_record(est)
 
     def write(self) -> None:
         spec = self.sweep.file

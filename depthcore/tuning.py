@@ -40,7 +40,7 @@ from ray import tune
 from depthcore import store
 from depthcore.config import config_from_dict
 from depthcore.errors import ConfigError
-from depthcore.estimate import BudgetGate, SweepEstimate, device_share, index_record
+from depthcore.estimate import BudgetGate, SweepEstimate, device_share
 from depthcore.preflight import check_data, check_sweep_name, continue_lines
 from depthcore.racing import run_bounds
 from depthcore.sweep import Range, Sweep, Trial, expand, run_groups, trial_from_params
@@ -236,7 +236,6 @@ class _Progress(tune.Callback):
 
 
 # A worker that dies takes Ray's traceback with it; these keep what Ray says about the attempt.
-FAULTS_FILE = "faults.log"
 
 
 def _trial_error(trial: Any) -> BaseException | None:
@@ -273,13 +272,8 @@ def _record_fault(trial: Any, run_dir: Path, outcome: str, retries: int) -> tupl
     description and the log's path."""
     kind, first, text = _describe_error(_trial_error(trial))
     failures = int(getattr(getattr(trial, "run_metadata", None), "num_failures", 0) or 0)
-    log = run_dir / FAULTS_FILE
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as f:
-        f.write(
-            f"--- {store.now()}: attempt {failures} of {retries + 1} failed, {outcome} "
-            f"(Ray trial {trial.trial_id})\n{text}\n"
-        )
+    header = f"attempt {failures} of {retries + 1} failed, {outcome} (Ray trial {trial.trial_id})"
+    log = store.append_fault(run_dir, header, text)
     return f"attempt {failures} of {retries + 1}: {_short(first)} ({kind})", log
 
 
@@ -526,7 +520,7 @@ def run_sweep(
     index = SweepIndex(sweep, results, trials)
     todo = _todo(index, trials)
     check_data([t.config for t in todo], address)
-    _keep_estimate(index, estimate)
+    index.keep_estimate(estimate)
     index.write()
     done = len(run_groups(trials)) - len(todo)
     out(f"{sweep.name}: {len(trials)} trials, {done} runs finished already, {len(todo)} to train")
@@ -535,16 +529,6 @@ def run_sweep(
         space = {"trial_id": tune.grid_search([t.trial_id for t in todo])}
         _run_on_ray(job, opts, index, space)
     return _summarise(job, opts, index, len(todo))
-
-
-def _keep_estimate(index: SweepIndex, est: SweepEstimate | None) -> None:
-    """The estimate at the sweep's start; a rerun of the same trials keeps the first one, so the
-    report compares the cost with what was expected up front."""
-    if est is None:
-        return
-    old = index.estimate if isinstance(index.estimate, dict) else {}
-    if old.get("runs") != len(est.runs) or old.get("device_hours") is None:
-        index.estimate = index_record(est)
 
 
 def _race(
@@ -559,7 +543,7 @@ def _race(
     state = index.race(trials)
     unfinished = [t for t in trials if store.run_status(index.run_dir(t.run_id)) != "finished"]
     check_data([t.config for t in unfinished], opts.address)
-    _keep_estimate(index, estimate)
+    index.keep_estimate(estimate)
     index.write()
     settings = sweep.file.adaptive
     assert settings is not None  # run_sweep races only such sweeps

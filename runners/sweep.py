@@ -2,9 +2,11 @@
 
 Re-running the same command resumes: finished runs are skipped (in every sweep that shares them),
 interrupted ones continue from their checkpoints. Results: RESULTS/runs/<run id>/ and
-RESULTS/sweeps/<name>.yaml. Exit code 0 when every run finished, 1 if any failed, 2 for a bad
-sweep file or missing KITTI data (checked before Ray starts on a local machine). Reference:
-docs/sweeps.md, "Sweep-file reference".
+RESULTS/sweeps/<name>.yaml. Exit code 0 when every run finished, 1 if any failed or is unfinished,
+2 where the pre-flight stops it before anything is written: a bad sweep file, missing KITTI data,
+a budget the estimate exceeds, a sweep name another sweep file uses, resources this machine lacks
+(--dry-run prints every check, and exits 2 where a real start would stop). Reference:
+docs/sweeps.md, "Sweep-file reference" and "Pre-flight".
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def test_budget_reached_mid_sweep_and_a_larger_budget_finishes(
 def test_estimate_recorded_in_the_index_is_what_the_report_reads(
     tiny_overrides: list[str], tmp_path: Path
 ) -> None:
-    from depthcore.estimate import estimate_sweep, record_estimate
+    from depthcore.estimate import estimate_sweep
     from depthcore.report.compute import read_estimate
     from depthcore.trials import SweepIndex
 
@@ -162,7 +162,9 @@ def test_estimate_recorded_in_the_index_is_what_the_report_reads(
     sweep = sweep_from_dict(sweep_tree(tiny_overrides))
     trials = expand(sweep)
     est = estimate_sweep(sweep, trials, tmp_path)
-    record_estimate(sweep, trials, tmp_path, est)
+    index = SweepIndex(sweep, tmp_path, trials)
+    index.keep_estimate(est)  # as run_sweep records it at the sweep's start
+    index.write()
     recorded = read_estimate(tmp_path, sweep.name)
     assert recorded is not None and recorded["runs"] == 2 and recorded["source"] == "calibration"
     assert recorded["device_hours"] == pytest.approx(est.total_device_hours, rel=1e-3)

@@ -69,3 +69,20 @@ def test_bad_set_override_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "loss.w_c: must be >= 0, got -1" in proc.stderr
     assert "RAY_IMPORTED=False" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_data_check_leaves_no_index(tmp_path: Path) -> None:
+    sweep = tmp_path / "kitti.yaml"
+    root = tmp_path / "kitti_raw"  # a folder without the split's frames
+    root.mkdir()
+    sweep.write_text(
+        "name: kitti\n"
+        f"base: {{data: {{dataset: kitti, root: {root}}}, model: {{pretrained: false}}}}\n"
+        "trials: [{label: a}]\nresources: {cpu: 1}\n"
+    )
+    results = tmp_path / "results"
+    proc = run_runner(str(sweep), "--results", str(results), "--no-dashboard")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "train_files.txt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (results / "sweeps").exists() and not (results / "runs").exists()

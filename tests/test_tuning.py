@@ -416,8 +416,8 @@ def test_worker_deaths_print_one_line_each_and_a_spent_trial_fails_with_its_erro
 ) -> None:
     from sweep_runner import STAND_IN_FILE, attempts, run_sweep_runner
 
+    from depthcore.store import FAULTS_FILE
     from depthcore.sweep import load_sweep
-    from depthcore.tuning import FAULTS_FILE
 
     path = tmp_path / "faults.yaml"
     path.write_text(yaml.safe_dump(FAULTS_SWEEP))
