@@ -86,7 +86,10 @@ def stand_in_train(
             return final
         (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
         attempt = len(store.read_jsonl(run_dir / ATTEMPTS_FILE))
-        store.append_jsonl(run_dir / ATTEMPTS_FILE, {"start": time.time(), "pid": os.getpid()})
+        workers = cfg.data.num_workers  # as the trial resolved 'auto'
+        store.append_jsonl(
+            run_dir / ATTEMPTS_FILE, {"start": time.time(), "pid": os.getpid(), "workers": workers}
+        )
         store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
         if attempt < plan.get("kill", 0):
             time.sleep(0.3)

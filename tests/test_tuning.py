@@ -451,6 +451,8 @@ def test_worker_deaths_print_one_line_each_and_a_spent_trial_fails_with_its_erro
     assert "ActorDiedError" in error["traceback"]
     assert f"FAILED  {always.trial_id}: ActorDiedError: its Ray worker process died" in out
     assert len(attempts(results, always.run_id)) == 2
+    # data.num_workers 'auto' was resolved within the trial's one CPU: no loader workers.
+    assert {a["workers"] for a in attempts(results, ok.run_id)} == {0}
 
     # Every status printed is the run folder's, and the summary counts what the index lists.
     index = store.read_sweep_index(results, "faults")
