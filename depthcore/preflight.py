@@ -85,6 +85,10 @@ def preflight(sweep: Sweep, opts: Options, out: Out = print) -> Start:
     if sweep.file.search.method == "optuna":
         if opts.dry_run:
             out("\n".join(plan_lines(sweep, [])))
+            out(
+                f"estimate: none for search: optuna (its {sweep.file.search.n_trials} trials are "
+                "sampled while it runs); a budget is refused for it"
+            )
         if budget is not None:
             raise ConfigError(f"{sweep.where('budget')}: search: optuna has no cost estimate yet")
         configs = [config_from_dict(sweep.base)]
