@@ -126,21 +126,25 @@ def test_a_race_adds_seeds_only_to_open_trials_resumes_and_reports_why_it_stoppe
 # A configuration whose run fails leaves the race; the others go on; nothing finished is dropped
 
 
-def faulty_race(results: Path, fail: str) -> tuple[Any, list[Any]]:
-    """A race of the stand-in engine (tests/sweep_runner.py) in which the first seed of the arm
-    `fail` fails (a non-finite loss, which Ray's retry would only repeat)."""
+FAULTY_ARMS = [
+    {"label": "baseline", "role": "baseline", "loss.photometric": "standard"},
+    {"label": "good", "loss.photometric": "l1"},
+    {"label": "same", "loss.photometric": "ssim_a"},
+    {"label": "bad", "loss.photometric": "ssim_m"},
+]
+
+
+def faulty_race(results: Path, fail: str, arms: int = 4) -> tuple[Any, list[Any]]:
+    """A race of the stand-in engine (tests/sweep_runner.py) over the first `arms` of
+    FAULTY_ARMS, in which the first seed of the arm `fail` fails (a non-finite loss, which Ray's
+    retry would only repeat)."""
     from sweep_runner import STAND_IN_FILE
 
     sweep = sweep_from_dict(
         {
             "name": "faulty",
             "base": {"model": {"pretrained": False}, "train": {"seed": 10, "device": "cpu"}},
-            "trials": [
-                {"label": "baseline", "role": "baseline", "loss.photometric": "standard"},
-                {"label": "good", "loss.photometric": "l1"},
-                {"label": "same", "loss.photometric": "ssim_a"},
-                {"label": "bad", "loss.photometric": "ssim_m"},
-            ],
+            "trials": FAULTY_ARMS[:arms],
             "seeds": {"start": 2, "max": 4, "spending": "bonferroni"},
             "max_concurrent": 2,
             "max_failures": 1,
@@ -199,7 +203,7 @@ def test_a_failed_configuration_leaves_the_race_and_the_others_go_on(
 
     # A failed baseline run halts the race: no configuration can be judged without it.
     halted = tmp_path / "halted"
-    sweep, trials = faulty_race(halted, fail="baseline")
+    sweep, trials = faulty_race(halted, fail="baseline", arms=2)
     outcome = run_sweep(sweep, halted, train_fn=sweep_runner.stand_in_train, dashboard=False)
     out = capsys.readouterr().out
     assert outcome.exit_code == 1
