@@ -26,7 +26,7 @@ from typing import Any
 from depthcore import store
 from depthcore.config import Config, config_from_dict
 from depthcore.errors import ConfigError
-from depthcore.sweep import Resources, Sweep, Trial, first_runs, run_groups
+from depthcore.sweep import Resources, Sweep, Trial, first_runs, run_groups, seed_values
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -36,6 +36,8 @@ __all__ = [
     "budget_gate",
     "calibrate",
     "check_budget",
+    "concurrency",
+    "concurrency_limit",
     "cost_shape",
     "device_kind",
     "device_share",
@@ -43,9 +45,13 @@ __all__ = [
     "estimate_sweep",
     "eval_passes",
     "index_record",
+    "needed_budget",
+    "race_rounds",
     "rates_from_runs",
     "read_calibration",
+    "run_work",
     "spent_device_hours",
+    "suggested_budget",
     "train_steps",
 ]
 
@@ -57,6 +63,7 @@ EVAL_IMAGE_FRACTION = 0.15
 TIMINGS = ("step_s", "eval_s", "setup_s", "epoch_s")
 SOURCES = ("finished runs", "calibration", "unknown")
 Out = Callable[[str], None]
+Work = tuple[int, int, int]  # a run's training steps, evaluation passes, epochs
 
 
 def device_share(resources: Resources, cpus: int | None = None) -> float:
@@ -162,20 +169,32 @@ class Rate:
     epoch_s: float = 0.0  # untimed work per epoch: the checkpoint, logs, events
     device: str = ""
     runs: int = 0  # finished runs it comes from
+    share: float = 1.0  # the device share it was measured at (a calibration runs alone: 1)
 
     def run_seconds(self, cfg: Config, done_steps: int = 0) -> float | None:
         """Seconds to train `cfg`'s run from `done_steps` on (0: the whole run)."""
-        steps = train_steps(cfg)
-        if steps is None:
-            return None
+        work = run_work(cfg)
+        return None if work is None else self.seconds(work, done_steps)
+
+    def seconds(self, work: Work, done_steps: int = 0) -> float:
+        """Seconds for a run of `work` (steps, evaluation passes, epochs) from `done_steps` on."""
+        steps, passes, epochs = work
         remaining = max(0, steps - done_steps)
         left = remaining / steps if steps else 0.0
-        per_epoch = eval_passes(cfg) * self.eval_s + cfg.train.epochs * self.epoch_s
+        per_epoch = passes * self.eval_s + epochs * self.epoch_s
         return self.setup_s + remaining * self.step_s + per_epoch * left
 
 
-def _run_rate(run_dir: Path) -> tuple[str, dict[str, float], str] | None:
-    """(shape key, its timings, device) of one finished run, from config.yaml and cost.json."""
+def run_work(cfg: Config) -> Work | None:
+    """(training steps, evaluation passes, epochs) of `cfg`'s run; None when the steps are
+    unknown (a KITTI split file that is not there)."""
+    steps = train_steps(cfg)
+    return None if steps is None else (steps, eval_passes(cfg), cfg.train.epochs)
+
+
+def _run_rate(run_dir: Path) -> tuple[str, dict[str, float], str, float] | None:
+    """(shape key, its timings, device, share) of one finished run, from config.yaml and
+    cost.json."""
     cost, tree = store.read_cost(run_dir), store.read_run_config(run_dir)
     if store.read_trained(run_dir) is None or cost is None or tree is None:
         return None
@@ -195,25 +214,40 @@ def _run_rate(run_dir: Path) -> tuple[str, dict[str, float], str] | None:
         "epoch_s": max(0.0, untimed) / cfg.train.epochs,
     }
     kind = str(cost.get("device_kind") or "cpu")
-    return shape_key(cost_shape(cfg, kind)), timings, str(cost.get("device") or kind)
+    share = float(cost.get("share") or 1.0)
+    return shape_key(cost_shape(cfg, kind)), timings, str(cost.get("device") or kind), share
 
 
-def rates_from_runs(results: str | Path) -> dict[str, Rate]:
-    """Median timings of the finished runs of each cost shape in the results store."""
-    found: dict[str, list[tuple[dict[str, float], str]]] = {}
-    for run_dir in store.list_runs(results):
+def rates_from_runs(
+    results: str | Path, *, share: float | None = None, run_ids: Iterable[str] | None = None
+) -> dict[str, Rate]:
+    """Median timings of the finished runs of each cost shape in the results store (`run_ids`:
+    only those runs). With `share`, runs that held that share of their device are preferred:
+    packed trials train slower than one alone, and their records measure by how much."""
+    found: dict[str, list[tuple[dict[str, float], str, float]]] = {}
+    dirs = store.list_runs(results) if run_ids is None else [
+        store.run_path(results, r) for r in run_ids
+    ]  # fmt: skip
+    for run_dir in dirs:
         rate = _run_rate(run_dir)
         if rate is not None:
-            found.setdefault(rate[0], []).append((rate[1], rate[2]))
-    return {
-        key: Rate(
-            **{k: statistics.median(t[k] for t, _ in runs) for k in TIMINGS},
+            found.setdefault(rate[0], []).append(rate[1:])
+    rates = {}
+    for key, runs in found.items():
+        if share is not None:
+            runs = [r for r in runs if same_share(r[2], share)] or runs
+        rates[key] = Rate(
+            **{k: statistics.median(t[k] for t, _, _ in runs) for k in TIMINGS},
             source="finished runs",
             device=runs[-1][1],
             runs=len(runs),
+            share=statistics.median(r[2] for r in runs),
         )
-        for key, runs in found.items()
-    }
+    return rates
+
+
+def same_share(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=0.01)
 
 
 def read_calibration(results: str | Path) -> dict[str, Rate]:
@@ -319,16 +353,22 @@ class RunEstimate:
     hours: float | None  # device-hours still to spend (None: unknown)
     wall_s: float | None  # the whole run's wall seconds at its rate
     source: str
+    round: int = 0  # adaptive seeds: the race round that trains it (0: the first)
+    shape: str = ""  # its cost shape's key
+    work: Work | None = None  # steps, evaluation passes, epochs (None: unknown)
+    solo: bool = False  # a packed trial priced at the speed of trials that ran alone
 
 
 @dataclass
 class SweepEstimate:
     runs: list[RunEstimate]
-    share: float
-    slots: int  # trials at once on the resources counted
-    where: str  # e.g. "with resources.gpu 0.5 on 8 GPUs"
+    share: float  # of a device per trial, as the cost records will count it (this machine's)
+    slots: int | None  # trials at once on the resources counted (None: no device for them)
+    where: str  # e.g. "16 trials at once on 8 GPUs", or why no trial can run
     fewest: int  # runs every sweep trains (adaptive seeds: each arm's first seeds)
     unknown_shapes: list[dict[str, Any]] = field(default_factory=list)
+    gpu: float = 0.0  # resources.gpu (packing: below 1)
+    calibrate_hint: str = "add --calibrate to time a few steps here"
 
     @property
     def remaining(self) -> list[RunEstimate]:
@@ -339,12 +379,20 @@ class SweepEstimate:
         return all(r.hours is not None for r in self.remaining)
 
     @property
-    def device_hours(self) -> float:
-        """Device-hours still to spend (unknown runs count 0)."""
-        return sum(r.hours or 0.0 for r in self.remaining)
+    def known_hours(self) -> float:
+        """Device-hours still to spend by the runs whose cost is known."""
+        return sum(r.hours for r in self.remaining if r.hours is not None)
 
     @property
-    def total_device_hours(self) -> float:
+    def device_hours(self) -> float | None:
+        """Device-hours still to spend; None when any run's cost is unknown."""
+        return self.known_hours if self.known else None
+
+    @property
+    def total_device_hours(self) -> float | None:
+        """All the sweep's runs, finished ones included; None when any run's cost is unknown."""
+        if any(r.wall_s is None for r in self.runs):
+            return None
         return sum((r.wall_s or 0.0) * self.share / 3600 for r in self.runs)
 
     @property
@@ -352,11 +400,23 @@ class SweepEstimate:
         sources = {r.source for r in self.remaining} or {r.source for r in self.runs}
         return next((s for s in reversed(SOURCES) if s in sources), "finished runs")
 
+    @property
+    def rounds(self) -> int:
+        """Rounds that train runs one after another (a race's; 1 without adaptive seeds)."""
+        return len({r.round for r in self.remaining}) or 1
+
     def wall_hours(self) -> float:
-        walls = [r.hours / self.share for r in self.remaining if r.hours is not None]
-        if not walls:
-            return 0.0
-        return max(max(walls), sum(walls) / max(1, self.slots))
+        """Wall hours of the remaining runs of known cost on `slots` trials at once: per round,
+        the longer of its longest run and its runs' total over the slots; rounds one after
+        another (a race decides its next round from the last one's results)."""
+        total = 0.0
+        for k in sorted({r.round for r in self.remaining}):
+            walls = [
+                r.hours / self.share for r in self.remaining if r.round == k and r.hours is not None
+            ]
+            if walls:
+                total += max(max(walls), sum(walls) / max(1, self.slots or 1))
+        return total
 
 
 def estimate_sweep(
@@ -366,31 +426,98 @@ def estimate_sweep(
     *,
     cpus: int | None = None,
     gpus: int | None = None,
+    max_concurrent: int | None = None,
     calibrate_here: bool = False,
     out: Out = print,
 ) -> SweepEstimate:
-    """Each distinct run's remaining device-hours at its shape's rate (see the module doc)."""
+    """Each distinct run's remaining device-hours at its shape's rate (see the module doc).
+
+    The device-hours count each trial's share of a device of this machine, as the cost records
+    will (`cpus`/`gpus` only set how many trials run at once, so the wall time); a packed GPU
+    share is priced from finished runs packed alike when there are any.
+    """
     resources = sweep.file.resources
-    share = device_share(resources, cpus)
-    rates = {**read_calibration(results), **rates_from_runs(results)}
+    share = device_share(resources)
+    rates = {**read_calibration(results), **rates_from_runs(results, share=share)}
+    groups = run_groups(trials)
+    if calibrate_here:
+        _calibrate_missing(sweep, groups, rates, results, out)
+    rounds = race_rounds(sweep, trials)
     runs: list[RunEstimate] = []
     unknown: dict[str, dict[str, Any]] = {}
-    for run_id, group in run_groups(trials).items():
+    for run_id, group in groups.items():
         cfg = group[0].config
         kind = device_kind(cfg, resources)
         key = shape_key(cost_shape(cfg, kind))
         run_dir = store.run_path(results, run_id)
         status = store.run_status(run_dir)
-        if key not in rates and calibrate_here and status != "finished":
-            threads = max(1, int(resources.cpu)) if kind == "cpu" else None
-            rates[key] = calibrate(cfg, kind, results, out, threads=threads)
         rate = rates.get(key)
         if rate is None and status != "finished":
             unknown.setdefault(key, cost_shape(cfg, kind))
-        runs.append(_run_estimate(group[0], status, rate, run_dir, share))
-    slots, where = _slots(sweep, resources, cpus, gpus)
+        run = _run_estimate(group[0], status, rate, run_dir, share)
+        run.round, run.shape, run.work = rounds.get(run_id, 0), key, run_work(cfg)
+        run.solo = rate is not None and resources.gpu < 1 and not same_share(rate.share, share)
+        runs.append(run)
+    mc = max_concurrent or sweep.file.max_concurrent
+    slots, where = concurrency(resources, mc, cpus=cpus, gpus=gpus)
     fewest = len(first_runs(sweep, trials))
-    return SweepEstimate(runs, share, slots, where, fewest, list(unknown.values()))
+    hint = _calibrate_hint(resources, gpus)
+    return SweepEstimate(
+        runs, share, slots, where, fewest, list(unknown.values()), resources.gpu, hint
+    )
+
+
+def race_rounds(sweep: Sweep, trials: Sequence[Trial]) -> dict[str, int]:
+    """Run id -> the race round that trains it at the most (adaptive seeds): round 0 trains
+    every arm's first `start` seeds, round k each arm's seed start + k. {} without a race."""
+    race = sweep.file.adaptive
+    if race is None:
+        return {}
+    seeds = seed_values(sweep)
+    return {t.run_id: max(0, seeds.index(t.seed) - race.start + 1) for t in trials}
+
+
+def _calibrate_missing(
+    sweep: Sweep,
+    groups: Mapping[str, Sequence[Trial]],
+    rates: dict[str, Rate],
+    results: str | Path,
+    out: Out,
+) -> None:
+    """--calibrate: time each shape of unknown cost here, once the device each needs is known
+    to be here (nothing is timed otherwise)."""
+    resources = sweep.file.resources
+    todo: dict[str, tuple[Config, str]] = {}
+    for run_id, group in groups.items():
+        cfg = group[0].config
+        kind = device_kind(cfg, resources)
+        key = shape_key(cost_shape(cfg, kind))
+        finished = store.run_status(store.run_path(results, run_id)) == "finished"
+        if key not in rates and not finished:
+            todo.setdefault(key, (cfg, kind))
+    if any(kind == "cuda" for _, kind in todo.values()) and not _cuda_here():
+        raise ConfigError(
+            f"--calibrate: {sweep.where('resources')}: the sweep trains on a GPU (gpu "
+            f"{resources.gpu:g} per trial) and this machine has none (torch finds no CUDA "
+            "device), so there is nothing here to time. Calibrate on a machine with the GPU the "
+            f"sweep will use (the timings are cached in {Path(results) / CALIBRATION_FILE}, "
+            "which travels with the results folder), or leave out --calibrate"
+        )
+    threads = max(1, int(resources.cpu))
+    for key, (cfg, kind) in todo.items():
+        rates[key] = calibrate(cfg, kind, results, out, threads=threads if kind == "cpu" else None)
+
+
+def _cuda_here() -> bool:
+    import torch  # only when calibrating or counting GPUs
+
+    return bool(torch.cuda.is_available())
+
+
+def _calibrate_hint(resources: Resources, gpus: int | None) -> str:
+    if resources.gpu > 0 and gpus is None and _local_gpus() == 0:
+        return "add --calibrate on a machine with the GPU the sweep will use (this one has none)"
+    return "add --calibrate to time a few steps here"
 
 
 def _run_estimate(
@@ -408,22 +535,55 @@ def _run_estimate(
     return RunEstimate(trial.trial_id, trial.run_id, status, hours, whole, source)
 
 
-def _slots(
-    sweep: Sweep, resources: Resources, cpus: int | None, gpus: int | None
-) -> tuple[int, str]:
-    """Trials at once: the devices counted (flags, else this machine's) over each trial's ask,
-    capped by max_concurrent."""
+def concurrency(
+    resources: Resources,
+    max_concurrent: int | None = None,
+    *,
+    cpus: int | None = None,
+    gpus: int | None = None,
+) -> tuple[int | None, str]:
+    """(trials at once, where): the devices counted over each trial's ask, capped by
+    max_concurrent. GPUs: `gpus`, else this machine's; CPUs: `cpus`, else this machine's unless
+    `gpus` names GPUs elsewhere. None (and why, in words) when no trial fits."""
+    counted = []
+    slots: int | None = None
     if resources.gpu > 0:
-        count = gpus if gpus is not None else _local_gpus()
-        slots = int(count / resources.gpu) if count else 1
-        where = f"with resources.gpu {resources.gpu:g} on {count} GPU{'s' * (count != 1)}"
-    else:
-        count = cpus or len(os.sched_getaffinity(0))
-        slots = int(count / resources.cpu)
-        where = f"with resources.cpu {resources.cpu:g} on {count} CPU{'s' * (count != 1)}"
-    if sweep.file.max_concurrent:
-        slots = min(slots, sweep.file.max_concurrent)
-    return max(1, slots), where
+        n_gpus = gpus if gpus is not None else _local_gpus()
+        if n_gpus == 0:
+            return None, "no GPU on this machine; add --gpus N for the wall time on N GPUs"
+        slots = int(n_gpus // resources.gpu)
+        counted.append(_count(n_gpus, "GPU", gpus is None))
+        if slots == 0:
+            return None, f"no trial fits on {counted[0]} (gpu {resources.gpu:g} per trial)"
+    elsewhere = gpus is not None and resources.gpu > 0  # GPUs of another machine: its CPUs too
+    n_cpus = cpus if cpus is not None else (None if elsewhere else _local_cpus())
+    if n_cpus is not None:
+        by_cpu = int(n_cpus // resources.cpu)
+        counted.append(_count(n_cpus, "CPU", cpus is None))
+        if by_cpu == 0:
+            return None, f"no trial fits on {counted[-1]} (cpu {resources.cpu:g} per trial)"
+        slots = by_cpu if slots is None else min(slots, by_cpu)
+    assert slots is not None  # a CPU count is always given or local without --gpus
+    where = " and ".join(counted)
+    if max_concurrent and max_concurrent < slots:
+        slots, where = max_concurrent, f"{where}, max_concurrent {max_concurrent}"
+    return slots, f"{slots} trial{'s' * (slots != 1)} at once on {where}"
+
+
+def concurrency_limit(
+    resources: Resources, *, cpus: int | None = None, gpus: int | None = None
+) -> int | None:
+    """The most trials at once that --cpus N / --gpus N allow (None: no such flag)."""
+    limits = []
+    if cpus is not None:
+        limits.append(max(1, int(cpus // resources.cpu)))
+    if gpus is not None and resources.gpu > 0:
+        limits.append(max(1, int(gpus // resources.gpu)))
+    return min(limits) if limits else None
+
+
+def _count(n: int, unit: str, here: bool) -> str:
+    return f"{n} {unit}{'s' * (n != 1)}" + (" (this machine)" if here else "")
 
 
 def _local_gpus() -> int:
@@ -432,12 +592,17 @@ def _local_gpus() -> int:
     return torch.cuda.device_count()
 
 
+def _local_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
 def _hours(value: float) -> str:
     return f"{value:.3g}" if value >= 0.01 else f"{value:.2g}"
 
 
 def estimate_lines(est: SweepEstimate, kind: str, *, per_run: bool = True) -> list[str]:
-    """--dry-run's estimate: per run, then the total (`66 GPU-h; ... about 4.2 h`)."""
+    """--dry-run's estimate: per run, then the total (`66 GPU-h; ...`) and the wall time.
+    An unknown cost is said to be unknown, never counted as 0."""
     unit = "GPU-h" if kind == "cuda" else "CPU-h"
     lines = ["estimate (device-hours still to spend, per run):"] if per_run else []
     width = max((len(r.trial_id) for r in est.runs), default=0)
@@ -445,25 +610,60 @@ def estimate_lines(est: SweepEstimate, kind: str, *, per_run: bool = True) -> li
         cost = "unknown" if r.hours is None else f"{_hours(r.hours)} {unit}"
         lines.append(f"  {r.trial_id:<{width}}  {r.status:<11} {cost}  ({r.source})")
     todo = len(est.remaining)
-    total = f"{_hours(est.device_hours)} {unit}"
-    unknown = sum(r.hours is None for r in est.remaining)
-    if unknown:
-        total += f" + {unknown} runs of unknown cost"
-    line = f"{len(est.runs)} runs, {len(est.runs) - todo} finished; {todo} to train: {total}"
+    line = f"{len(est.runs)} runs, {len(est.runs) - todo} finished; {todo} to train"
     if todo:
-        line += f"; {est.where} about {_hours(est.wall_hours())} h"
+        line += f": {_total(est, unit)}"
     lines.append(line)
+    if todo:
+        lines.append(_wall_line(est))
     if est.fewest < len(est.runs):
         lines.append(
             f"adaptive seeds: at least {est.fewest} runs, at most {len(est.runs)}; the "
             f"estimate above is for all {len(est.runs)} (the most)"
         )
+    solo = sum(r.solo for r in est.remaining)
+    if solo and kind == "cuda":
+        lines.append(
+            f"packing: resources.gpu {est.gpu:g} puts {1 / est.gpu:g} trials on a GPU, but the "
+            f"rate of {solo} run{'s' * (solo != 1)} comes from trials that ran alone (a "
+            "calibration or finished runs at another share), so these figures assume a packed "
+            "trial trains at solo speed; packed trials are slower, so the cost and wall time "
+            "above are lower bounds until a run of this shape has finished packed alike"
+        )
     for shape in est.unknown_shapes:
         lines.append(
-            f"unknown cost for {_describe(shape)}: no finished run of this shape; add "
-            "--calibrate to time a few steps here"
+            f"unknown cost for {_describe(shape)}: no finished run of this shape and no "
+            f"calibration; {est.calibrate_hint}"
         )
     return lines
+
+
+def _total(est: SweepEstimate, unit: str) -> str:
+    todo = len(est.remaining)
+    unknown = sum(r.hours is None for r in est.remaining)
+    if unknown == todo:
+        return f"cost unknown ({todo} run{'s' * (todo != 1)} of unknown cost)"
+    known = f"{_hours(est.known_hours)} {unit}"
+    if not unknown:
+        return known
+    return f"{known} for {todo - unknown} runs + {unknown} runs of unknown cost"
+
+
+def _wall_line(est: SweepEstimate) -> str:
+    if est.slots is None:
+        return f"wall time: {est.where}"
+    unknown = sum(r.hours is None for r in est.remaining)
+    if unknown == len(est.remaining):
+        return f"wall time: unknown; {est.where}"
+    about = "at least" if unknown else "about"
+    line = f"wall time: {about} {_duration(est.wall_hours())}, {est.where}"
+    if est.rounds > 1:
+        line += f", over at most {est.rounds} race rounds run one after another"
+    return line
+
+
+def _duration(hours: float) -> str:
+    return f"{_hours(hours)} h" if hours >= 1 else f"{_hours(hours * 60)} min"
 
 
 def _describe(shape: Mapping[str, Any]) -> str:
@@ -475,10 +675,12 @@ def _fmt(value: Any) -> str:
 
 
 def index_record(est: SweepEstimate) -> dict[str, Any]:
-    """The sweep index's `estimate` (the report's Compute section reads it)."""
+    """The sweep index's `estimate` (the report's Compute section reads it); an unknown cost is
+    recorded as null, never as 0."""
+    total, remaining = est.total_device_hours, est.device_hours
     return {
-        "device_hours": round(est.total_device_hours, 6),
-        "remaining_device_hours": round(est.device_hours, 6),
+        "device_hours": None if total is None else round(total, 6),
+        "remaining_device_hours": None if remaining is None else round(remaining, 6),
         "runs": len(est.runs),
         "source": est.source,
         "created": store.now(),
@@ -498,61 +700,85 @@ def _spent(run_dir: Path) -> float:
     return float((store.read_cost(run_dir) or {}).get("device_hours") or 0.0)
 
 
+def needed_budget(est: SweepEstimate, results: str | Path) -> tuple[float, float] | None:
+    """(spent, spent + the estimate of the unfinished runs), or None when a cost is unknown."""
+    if est.device_hours is None:
+        return None
+    spent = spent_device_hours(results, (r.run_id for r in est.runs))
+    return spent, spent + est.device_hours
+
+
+def suggested_budget(need: float) -> float:
+    """A budget with room for the estimate's error (20%), rounded up to 0.01 device-hours."""
+    return math.ceil(need * 1.2 * 100) / 100
+
+
 def check_budget(est: SweepEstimate, budget: float, results: str | Path, flag: str) -> None:
     """Refuse (ConfigError, exit 2) a sweep whose spent + remaining estimate exceeds `budget`."""
-    spent = spent_device_hours(results, (r.run_id for r in est.runs))
-    if not est.known:
+    needed = needed_budget(est, results)
+    if needed is None:
         raise ConfigError(
             f"budget {budget:g} device-hours: the cost of {len(est.unknown_shapes)} run shape(s) "
-            "is unknown (no finished run of that shape); run the sweep with --dry-run "
-            "--calibrate first to time a few steps here"
+            f"is unknown (no finished run of that shape, no calibration); {est.calibrate_hint}"
         )
-    need = spent + est.device_hours
+    spent, need = needed
     if need > budget:
         raise ConfigError(
             f"budget {budget:g} device-hours ({flag}): {_hours(spent)} spent + "
-            f"{_hours(est.device_hours)} estimated for {len(est.remaining)} runs to train = "
-            f"{_hours(need)}; raise it (e.g. --budget {math.ceil(need * 1.2 * 100) / 100:g}) or "
+            f"{_hours(need - spent)} estimated for {len(est.remaining)} runs to train = "
+            f"{_hours(need)}; raise it (e.g. --budget {suggested_budget(need):g}) or "
             "shrink the sweep"
         )
 
 
 @dataclass(frozen=True)
 class BudgetGate:
-    """Whether another trial may start: spent + running cost, read from the run folders, is
-    below the budget. Plain data: it travels to Ray workers with the trials."""
+    """Whether another run may start: spent + running cost + its own, read from the run
+    folders, fits in the budget. A run is priced at the measured rate of its shape once a run of
+    the sweep with that shape has finished, else at the sweep's starting estimate. Plain data:
+    it travels to Ray workers with the trials."""
 
     device_hours: float
     results: str
-    run_hours: Mapping[str, float]  # run id -> its whole estimated device-hours
+    run_hours: Mapping[str, float]  # run id -> its whole estimated device-hours at the start
+    work: Mapping[str, tuple[str, Work]] = field(default_factory=dict)  # run id -> shape, work
+    share: float = 1.0  # of a device per trial, as the cost records count it
 
-    def allows(self) -> bool:
-        return self.committed() < self.device_hours
+    def allows(self, run_id: str | None = None) -> bool:
+        """May `run_id` start (its remaining cost fits too)? Without a run: is budget left?"""
+        prices = self.prices()
+        committed = self.committed(prices)
+        if run_id is None:
+            return committed < self.device_hours
+        own = max(0.0, prices.get(run_id, 0.0) - _spent(store.run_path(self.results, run_id)))
+        return committed + own <= self.device_hours
 
-    def committed(self) -> float:
+    def prices(self) -> dict[str, float]:
+        """Each run's whole device-hours: at its shape's measured rate (the sweep's finished
+        runs), else the starting estimate."""
+        prices = dict(self.run_hours)
+        if not self.work:
+            return prices
+        rates = rates_from_runs(self.results, share=self.share, run_ids=self.run_hours)
+        for run_id, (shape, work) in self.work.items():
+            rate = rates.get(shape)
+            if rate is not None:
+                prices[run_id] = rate.seconds(work) * self.share / 3600
+        return prices
+
+    def committed(self, prices: Mapping[str, float] | None = None) -> float:
+        """Spent by the sweep's runs, a running run counted at its price until it spent more."""
+        prices = self.prices() if prices is None else prices
         total = 0.0
-        for run_id, estimate in self.run_hours.items():
+        for run_id in self.run_hours:
             run_dir = store.run_path(self.results, run_id)
             spent = _spent(run_dir)
             running = store.run_status(run_dir) == "running"
-            total += max(spent, estimate) if running else spent
+            total += max(spent, prices.get(run_id, 0.0)) if running else spent
         return total
 
 
 def budget_gate(est: SweepEstimate, budget: float, results: str | Path) -> BudgetGate:
     hours = {r.run_id: (r.wall_s or 0.0) * est.share / 3600 for r in est.runs}
-    return BudgetGate(float(budget), str(Path(results).resolve()), hours)
-
-
-def record_estimate(
-    sweep: Sweep, trials: Sequence[Trial], results: str | Path, est: SweepEstimate
-) -> None:
-    """Write the estimate into the sweep index at the sweep's start; a rerun of the same trials
-    keeps the first one, so the report compares the cost with what was expected up front."""
-    from depthcore.trials import SweepIndex
-
-    index = SweepIndex(sweep, Path(results).resolve(), trials)
-    old = index.estimate if isinstance(index.estimate, dict) else {}
-    if old.get("runs") != len(est.runs) or old.get("source") == "unknown":
-        index.estimate = index_record(est)
-    index.write()
+    work = {r.run_id: (r.shape, r.work) for r in est.runs if r.work is not None}
+    return BudgetGate(float(budget), str(Path(results).resolve()), hours, work, est.share)

@@ -14,6 +14,7 @@ Layout (everything under one results folder, default `results/`):
             error.json          why the evaluation failed (present <=> it failed)
         checkpoint/state.pt     the last checkpoint (resume; later evaluations load it)
         error.json              why the training failed (present <=> it failed)
+        faults.log              a sweep trial's failed attempts as Ray reported them (appended)
         lock                    held while a process trains or evaluates the run
         cost.json               what the run cost, per process segment (depthcore.cost)
         tb/<label>/             TensorBoard event files (depthcore.tensorboard writes them)
@@ -74,6 +75,7 @@ PREDICTIONS_FILE = "predictions.npz"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.pt"
 ERROR_FILE = "error.json"
+FAULTS_FILE = "faults.log"
 LOCK_FILE = "lock"
 
 # predictions.npz: image_index (N,), rgb (N, H, W, 3) uint8, scales (S,), disp (N, S, h, w).
@@ -343,6 +345,16 @@ def write_error(
         Path(run_dir) / ERROR_FILE,
         {"error": message, "type": kind, "traceback": traceback, "step": step, "time": now()},
     )
+
+
+def append_fault(run_dir: str | Path, header: str, text: str) -> Path:
+    """Append one failed attempt (a header line, then Ray's error in full) to faults.log, a log
+    for people (appended like metrics.jsonl; nothing reads it back). Returns its path."""
+    path = Path(run_dir) / FAULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"--- {now()}: {header}\n{text.rstrip()}\n\n")
+    return path
 
 
 def now() -> str:

@@ -7,13 +7,14 @@ never imports Ray (runners/sweep.py --only), so breakpoints and plain tracebacks
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 
 from depthcore import store
 from depthcore.errors import ConfigError, TrainingError
+from depthcore.estimate import SweepEstimate, index_record
+from depthcore.preflight import Work, check_data, check_sweep_name, pending_work
 from depthcore.racing import RaceState, race
 from depthcore.sweep import Sweep, SweepFile, Trial, expand, key_order
 
@@ -30,7 +33,6 @@ __all__ = [
     "SweepIndex",
     "SweepOutcome",
     "Work",
-    "budget_note",
     "engine_train",
     "execute_trial",
     "find_trial",
@@ -39,6 +41,7 @@ __all__ = [
     "run_one",
     "say",
     "swept_keys",
+    "with_trial_cpus",
 ]
 
 TrainFn = Callable[..., dict[str, Any]]
@@ -49,6 +52,10 @@ DETERMINISTIC_ERRORS = ("TrainingError", "DataError", "ConfigError")
 LOCK_POLL_S = float(os.environ.get("DEPTHSWEEP_LOCK_POLL_S", "10"))
 # What execute_trial returns for a run the budget gate did not start (its folder untouched).
 NOT_STARTED: dict[str, Any] = {"not_started": "budget"}
+BUDGET_REFUSAL = "budget reached; run"
+# The stop reason of a raced configuration one of whose runs failed (after Ray's retries): the
+# race goes on without it in this invocation (docs/sweeps.md, "Adaptive seeds").
+FAILED_ARM = "failed"
 
 
 def say(message: str) -> None:
@@ -120,18 +127,41 @@ class SweepIndex:
     def status_of(self, run_id: str) -> str:
         return next(e["status"] for e in self.entries.values() if e["run_id"] == run_id)
 
-    def race(self, trials: Sequence[Trial]) -> RaceState:
+    def race(self, trials: Sequence[Trial], failed_arms: Collection[str] = ()) -> RaceState:
         """Replay the race (adaptive seeds): the index then lists the trials it has used or asked
-        for, each with its arm's `seeds_run` and `stop_reason`."""
-        state = race_state(self.sweep, self.results, trials)
+        for, each with its arm's `seeds_run` and `stop_reason`. `failed_arms` (a run of theirs
+        failed in this invocation) race no more: listed up to their last run tried, `failed`."""
+        in_race = [t for t in trials if t.arm not in failed_arms]
+        state = race_state(self.sweep, self.results, in_race)
         self.entries = {}
-        for trial in raced_trials(trials, state):
+        for trial in raced_trials(in_race, state):
             self.add(trial)
             arm = state.arms[trial.arm]
             self.entries[trial.trial_id].update(
                 seeds_run=arm.seeds_run, stop_reason=arm.stop_reason
             )
+        for name in failed_arms:
+            self._add_failed_arm([t for t in trials if t.arm == name])
         return state
+
+    def _add_failed_arm(self, group: Sequence[Trial]) -> None:
+        statuses = [store.run_status(self.run_dir(t.run_id), t.eval_id) for t in group]
+        tried = [i + 1 for i, status in enumerate(statuses) if status != "pending"]
+        last = max(tried, default=0)
+        finished = statuses[:last].count("finished")
+        for trial in group[:last]:
+            self.add(trial)
+            self.entries[trial.trial_id].update(seeds_run=finished, stop_reason=FAILED_ARM)
+
+    def keep_estimate(self, est: SweepEstimate | None) -> None:
+        """Record the sweep's estimate at its start (written with the index); a rerun of the same
+        trials keeps the first known one, so the report compares the cost with what was expected
+        up front."""
+        if est is None:
+            return
+        old = self.estimate if isinstance(self.estimate, dict) else {}
+        if old.get("runs") != len(est.runs) or old.get("device_hours") is None:
+            self.estimate = index_record(est)
 
     def write(self) -> None:
         spec = self.sweep.file
@@ -238,7 +268,7 @@ def execute_trial(
         if trained:
             out(f"{trial.trial_id}: run {trial.run_id} is trained; evaluation {trial.eval_id} only")
         elif gate is not None and not gate():
-            out(f"{trial.trial_id}: budget reached; run {trial.run_id} not started")
+            out(f"{trial.trial_id}: {BUDGET_REFUSAL} {trial.run_id} not started")
             return NOT_STARTED
         if before_train is not None and not trained:
             before_train(run_dir)
@@ -345,61 +375,6 @@ class SweepOutcome:
         return 0 if all(s == "finished" for s in self.statuses.values()) else 1
 
 
-def budget_note(gate: Any, outcome: SweepOutcome, out: Out) -> None:
-    """After a sweep the budget stopped (`gate`: depthcore.estimate.BudgetGate or None)."""
-    if gate is None or gate.allows():
-        return
-    left = sum(s in ("pending", "interrupted") for s in outcome.statuses.values())
-    if left:
-        out(
-            f"  budget reached ({gate.committed():.3g} of {gate.device_hours:g} device-hours): "
-            f"{left} runs not started; rerun with a larger --budget to continue"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# What a sweep has left to do: training, or only evaluation of trained runs
-
-
-@dataclass(frozen=True)
-class Work:
-    """A sweep's unfinished trials, one per run to train and one per evaluation left."""
-
-    train: list[Trial]  # one trial per run to train (its evaluation comes with it)
-    evaluate: list[Trial]  # one trial per other evaluation left: of trained runs, no training
-    done: int  # trials whose evaluation is recorded
-
-    def line(self) -> str:
-        return (
-            f"{len(self.train)} runs to train, {len(self.evaluate)} to evaluate only "
-            f"(trained already), {self.done} trials done"
-        )
-
-
-def pending_work(results: str | Path, trials: Sequence[Trial]) -> Work:
-    """From the run folders: which runs to train, which evaluations to make without training.
-
-    Trials with the same run and evaluation are one piece of work; a second evaluation of a run
-    still to train is an evaluation only (it follows the training)."""
-    train: dict[str, Trial] = {}
-    evaluate: list[Trial] = []
-    seen: set[tuple[str, str]] = set()
-    done = 0
-    for trial in trials:
-        run_dir = store.run_path(results, trial.run_id)
-        if store.find_evaluation(run_dir, trial.eval_id) is not None:
-            done += 1
-            continue
-        if (trial.run_id, trial.eval_id) in seen:
-            continue
-        seen.add((trial.run_id, trial.eval_id))
-        if store.read_trained(run_dir) is None and trial.run_id not in train:
-            train[trial.run_id] = trial
-        else:
-            evaluate.append(trial)
-    return Work(list(train.values()), evaluate, done)
-
-
 # ----------------------------------------------------------------------------------------------
 # --only: one trial in this process, no Ray
 
@@ -435,6 +410,9 @@ def run_one(
     """Train one trial in this process (debugging: breakpoints work, no Ray involved)."""
     results = Path(results).resolve()
     trial = find_trial(sweep, key)
+    check_sweep_name(sweep, results)  # before anything is written
+    work = pending_work(results, [trial])  # this process trains or evaluates it, here
+    check_data([t.config for t in work.train], None, evaluate=[t.config for t in work.evaluate])
     index = SweepIndex(sweep, results, expand(sweep))
     run_dir = index.run_dir(trial.run_id)
     out(f"{trial.trial_id}: run {trial.run_id} -> {run_dir}")
@@ -538,13 +516,40 @@ def race_state(sweep: Sweep, results: str | Path, trials: Sequence[Trial]) -> Ra
 
 
 def raced_trials(trials: Sequence[Trial], state: RaceState) -> list[Trial]:
-    """The trials the race has used or asked for so far, each arm's first seeds."""
+    """The trials the race has used or asked for so far, each arm's first seeds: a decided
+    arm's `seeds_run`, an open arm's (and the baseline's) every seed up to the current look,
+    finished or not, so a finished run is never left out while an earlier seed is unfinished."""
     wanted = set(state.next_runs)
     by_arm: dict[str, list[Trial]] = {}
     for trial in trials:
         by_arm.setdefault(trial.arm, []).append(trial)
+    # Seeds per arm at the current look: the baseline's finished ones plus those asked for.
+    look = max(
+        (
+            state.arms[arm].seeds_run + sum(t.run_id in wanted for t in group)
+            for arm, group in by_arm.items()
+            if state.arms[arm].stop_reason == "baseline"
+        ),
+        default=0,
+    )
     out = []
     for arm, group in by_arm.items():
         asked = [i + 1 for i, t in enumerate(group) if t.run_id in wanted]
-        out += group[: max([state.arms[arm].seeds_run, *asked])]
+        seeds = max([state.arms[arm].seeds_run, *asked])
+        if state.arms[arm].stop_reason in ("open", "baseline"):
+            seeds = max(seeds, look)
+        out += group[:seeds]
     return out
+
+
+def with_trial_cpus(trial: Trial, cpus: float) -> Trial:
+    """The trial with `data.num_workers: auto` resolved within the CPUs Ray gave it (loader
+    workers plus the training process, at most 8 workers): 'auto' alone counts the machine's
+    cores, and every trial on the machine would start that many. The run id does not change
+    (num_workers is not part of it)."""
+    cfg = trial.config
+    if cfg.data.num_workers != "auto":
+        return trial
+    workers = max(0, min(8, int(cpus) - 1))
+    data = cfg.data.model_copy(update={"num_workers": workers})
+    return dataclasses.replace(trial, config=cfg.model_copy(update={"data": data}))

@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import importlib
 import logging
 import os
+import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,22 +39,25 @@ import ray
 from ray import tune
 
 from depthcore import store
-from depthcore.config import Config, config_from_dict
+from depthcore.config import config_from_dict
 from depthcore.errors import ConfigError
-from depthcore.estimate import BudgetGate, device_share
+from depthcore.estimate import BudgetGate, SweepEstimate, device_share
+from depthcore.preflight import check_data, check_sweep_name, continue_lines
 from depthcore.racing import run_bounds
 from depthcore.sweep import Range, Sweep, Trial, expand, trial_from_params
 from depthcore.trials import (
+    BUDGET_REFUSAL,
+    FAILED_ARM,
     LOCK_POLL_S,
     Out,
     SweepIndex,
     SweepOutcome,
     TrainFn,
-    budget_note,
     engine_train,
     execute_trial,
     pending_work,
     say,
+    with_trial_cpus,
 )
 
 __all__ = ["SweepOutcome", "ray_session", "run_sweep"]
@@ -61,6 +68,9 @@ RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 Tune prints nothing; _Progress prints our lines
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # epochs lack metrics when eval.every_epoch=false
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # A failed attempt: _Progress prints one line and keeps Ray's error in the run's faults.log,
+    # instead of Tune logging the whole traceback on the console at every attempt.
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
 }
 CONNECT_TIMEOUT_S = 10.0  # --address: how long a cluster's head may take to accept a connection
 
@@ -90,7 +100,8 @@ class _Job:
 def _trainable(config: dict[str, Any], job: _Job) -> None:
     for name in ("ray.train", "ray.tune"):  # "Checkpoint successfully created" on every epoch
         logging.getLogger(name).setLevel(logging.WARNING)
-    trial = job.trial_for(config)
+    resources = job.sweep.file.resources
+    trial = with_trial_cpus(job.trial_for(config), resources.cpu)
     run_dir = store.run_path(job.results, trial.run_id)
     final = execute_trial(
         trial,
@@ -100,11 +111,19 @@ def _trainable(config: dict[str, Any], job: _Job) -> None:
         session_start=job.session_start,
         before_train=_restore_from_ray,
         poll_s=job.poll_s,
-        device_share=device_share(job.sweep.file.resources),  # this node's CPUs
-        gate=job.gate.allows if job.gate is not None else None,
+        out=_worker_out,
+        device_share=device_share(resources),  # this node's CPUs
+        gate=functools.partial(job.gate.allows, trial.run_id) if job.gate is not None else None,
     )
     metrics = {k: v for k, v in (final.get("metrics") or {}).items() if _is_number(v)}
-    tune.report({**metrics, "epoch": final.get("epochs", 0), "final": 1})
+    skipped = {"not_started": 1} if final.get("not_started") else {}
+    tune.report({**metrics, "epoch": final.get("epochs", 0), "final": 1, **skipped})
+
+
+def _worker_out(message: str) -> None:
+    """A trial's own messages, less the budget's refusal: the driver prints that one."""
+    if BUDGET_REFUSAL not in message:
+        say(message)
 
 
 def _report_epoch(record: dict[str, Any]) -> None:
@@ -135,9 +154,13 @@ def _restore_from_ray(run_dir: Path) -> None:
 
 
 class _Progress(tune.Callback):
+    """One line per trial event. Every status printed is the run folder's (store.run_status): a
+    trial Ray gave up on gets an error.json first, so it reads `failed` with its error."""
+
     def __init__(self, job: _Job, index: SweepIndex, total: int, out: Out) -> None:
         self.job, self.index, self.total, self.out = job, index, total, out
         self.numbers: dict[str, int] = {}
+        self.skipped: set[str] = set()  # Ray trial ids the budget gate did not start
 
     def _trial(self, trial: Any) -> tuple[str, Trial]:
         ours = self.job.trial_for(trial.config)
@@ -154,6 +177,8 @@ class _Progress(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        if result.get("not_started"):
+            self.skipped.add(trial.trial_id)
         if result.get("final") == 1 or "step" not in result:
             return
         tag, ours = self._trial(trial)
@@ -164,12 +189,23 @@ class _Progress(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tag, ours = self._trial(trial)
-        self.out(f"{tag} retry   {ours.trial_id}: failed, resuming from its last checkpoint")
+        run_dir = self.index.run_dir(ours.run_id)
+        what, log = _record_fault(trial, run_dir, "retried", self.job.sweep.file.max_failures)
+        again = (
+            "resuming from its last checkpoint"
+            if store.has_checkpoint(run_dir)
+            else "starting again (no checkpoint yet)"
+        )
+        self.out(f"{tag} retry   {ours.trial_id}: {what}; {again}; Ray's error in {log}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _, ours = self._trial(trial)
+        run_dir = self.index.run_dir(ours.run_id)
+        _record_fault(trial, run_dir, "gave up", self.job.sweep.file.max_failures)
+        _record_error(trial, run_dir, ours.eval_id, self.job.session_start)
         self._ended(trial)
 
     def _ended(self, trial: Any) -> None:
@@ -184,11 +220,87 @@ class _Progress(tune.Callback):
             value = final["metrics"].get(metric)
             shown = f"  {metric} {value:.4f}" if _is_number(value) else ""
             self.out(f"{tag} done    {ours.trial_id}{shown}")
-        elif status == "pending":  # the budget gate left it untouched
+        elif status == "failed":
+            path = store.error_path(run_dir, ours.eval_id)
+            error = store.read_error(path.parent) or {}
+            first = str(error.get("error") or "").strip().splitlines()[:1]
+            self.out(
+                f"{tag} FAILED  {ours.trial_id}: {error.get('type')}: {''.join(first)}  "
+                f"(see {path})"
+            )
+        elif status == "pending" and trial.trial_id in self.skipped:
             self.out(f"{tag} skipped {ours.trial_id}: budget reached, not started")
+        elif status == "pending":
+            self.out(f"{tag} stopped {ours.trial_id}: not started")
+        elif status == "interrupted":
+            self.out(f"{tag} stopped {ours.trial_id}: interrupted; resumes from its checkpoint")
         else:
-            error = store.error_path(run_dir, ours.eval_id)
-            self.out(f"{tag} {status.upper():<7} {ours.trial_id}: see {error}")
+            self.out(f"{tag} {status:<7} {ours.trial_id}")
+
+
+# A worker that dies takes Ray's traceback with it; these keep what Ray says about the attempt.
+
+
+def _trial_error(trial: Any) -> BaseException | None:
+    """The exception of a Ray trial's latest failed attempt (Ray pickles it into the trial's
+    folder before it calls the callbacks)."""
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            error = ray.cloudpickle.load(f)
+    except Exception:  # an exception class this process cannot unpickle
+        return None
+    return error if isinstance(error, BaseException) else None
+
+
+def _describe_error(error: BaseException | None) -> tuple[str, str, str]:
+    """(type, first line, full text) of a failed attempt: a RayTaskError wraps the trial's own
+    exception (its text holds the remote traceback); an ActorDiedError is a worker that died."""
+    if error is None:
+        return "RayTrialError", "the trial failed (Ray kept no error)", ""
+    cause = getattr(error, "cause", None)
+    shown = cause if isinstance(cause, BaseException) else error
+    text = "".join(traceback.format_exception(error))
+    first = next((line for line in str(shown).splitlines() if line.strip()), "").strip()
+    if type(shown).__name__ in ("ActorDiedError", "WorkerCrashedError"):
+        detail = re.search(r"Worker exit detail: (.*?)(?: Some common causes|$)", str(shown))
+        first = "its Ray worker process died" + (f": {detail.group(1)}" if detail else "")
+    return type(shown).__name__, first, text
+
+
+def _record_fault(trial: Any, run_dir: Path, outcome: str, retries: int) -> tuple[str, Path]:
+    """Append the attempt's error, in full, to the run folder's faults.log; returns a one-line
+    description and the log's path."""
+    kind, first, text = _describe_error(_trial_error(trial))
+    failures = int(getattr(getattr(trial, "run_metadata", None), "num_failures", 0) or 0)
+    header = f"attempt {failures} of {retries + 1} failed, {outcome} (Ray trial {trial.trial_id})"
+    log = store.append_fault(run_dir, header, text)
+    return f"attempt {failures} of {retries + 1}: {_short(first)} ({kind})", log
+
+
+def _short(text: str, width: int = 160) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _record_error(trial: Any, run_dir: Path, eval_id: str, session_start: float) -> None:
+    """A trial Ray gave up on is failed, with its error: the engine recorded its own failures;
+    a worker that died (killed, out of memory) recorded nothing, so its Ray error goes into
+    the error.json of what it was doing (the training, or the evaluation of a trained run).
+    An error.json recorded in this sweep invocation is kept."""
+    if store.read_evaluation(run_dir, eval_id) is not None:
+        return
+    path = store.error_path(run_dir, eval_id)
+    try:
+        recorded = path.stat().st_mtime >= session_start - 1
+    except FileNotFoundError:
+        recorded = False
+    if recorded:
+        return
+    kind, first, text = _describe_error(_trial_error(trial))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.write_error(path.parent, kind=kind, message=first, step=None, traceback=text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,20 +316,79 @@ def ray_session(address: str | None, *, dashboard: bool, out: Out = say) -> Iter
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
-        _print_dashboard(ray.init(ignore_reinit_error=True), out)
-        yield False
+        with _quiet_ray():
+            _print_dashboard(ray.init(ignore_reinit_error=True), out)
+            yield False
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     # RAY_AUTH_MODE: we keep Ray 2.60's choice for a new local instance, token auth (it writes
     # ~/.ray/auth_token; the dashboard's API routes then need the token). Setting the variable
     # here would be too late: Ray reads it when imported, and a mismatch crashes its GCS.
     # RAY_AUTH_MODE=disabled (set before starting) turns it off; a joined cluster decides itself.
-    ctx = _connect(address, dashboard)
-    _print_dashboard(ctx, out)
+    with _quiet_ray():
+        ctx = _connect(address, dashboard)
+        _print_dashboard(ctx, out)
+        try:
+            yield address is None
+        finally:
+            ray.shutdown()
+
+
+# Ray's console messages that a line of ours replaces: the token-auth notice of every local start
+# (the dashboard line says how to use the token), and the raylet's report of a worker that died
+# (the trial's retry or FAILED line says it; faults.log in the run folder keeps Ray's words).
+# Also Tune's closing words on a sweep that did not finish: the unfinished Ray trial ids, its
+# Tuner.restore hint (the runner continues with the same command, which the summary gives) and
+# the trials it has no metrics for (those the budget or a stop left untouched).
+_DROPPED = {
+    "ray._private.authentication.authentication_token_setup": (
+        "Token authentication is enabled for this Ray cluster",
+    ),
+    "ray.tune.tune": ("Trials did not complete", "Experiment has been interrupted"),
+    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+}
+_WORKER_DIED = "A worker died or was killed while executing"
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *needles: str) -> None:
+        super().__init__()
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(needle in record.getMessage() for needle in self.needles)
+
+
+@contextlib.contextmanager
+def _quiet_ray() -> Iterator[None]:
+    """While Ray runs here: drop the messages above. The raylet's goes through
+    `ray._private.worker.print_to_stdstream`, which Ray 2.60 offers no setting for; it is
+    wrapped only while the session lasts, and only when it exists."""
+    filters = {name: _DropMessages(*needles) for name, needles in _DROPPED.items()}
+    for name, drop in filters.items():
+        logging.getLogger(name).addFilter(drop)
+    worker: Any = importlib.import_module("ray._private.worker")
+    original = getattr(worker, "print_to_stdstream", None)
+    if callable(original):
+        worker.print_to_stdstream = functools.partial(_without_worker_deaths, original)
     try:
-        yield address is None
+        yield
     finally:
-        ray.shutdown()
+        for name, drop in filters.items():
+            logging.getLogger(name).removeFilter(drop)
+        if callable(original):
+            worker.print_to_stdstream = original
+
+
+def _without_worker_deaths(
+    original: Callable[..., None], data: dict[str, Any], *args: Any, **kwargs: Any
+) -> None:
+    if data.get("pid") == "raylet":
+        lines = [line for line in data.get("lines") or [] if _WORKER_DIED not in str(line)]
+        if not lines:
+            return
+        data = {**data, "lines": lines}
+    original(data, *args, **kwargs)
 
 
 def _connect(address: str | None, dashboard: bool) -> Any:
@@ -303,6 +474,7 @@ class _Options:
     dashboard: bool
     storage: str | None
     out: Out
+    command: tuple[str, ...] = ()  # the runner's argv: the hint that continues names it
 
 
 def run_sweep(
@@ -317,6 +489,8 @@ def run_sweep(
     poll_s: float = LOCK_POLL_S,
     out: Out = say,
     budget: BudgetGate | None = None,
+    estimate: SweepEstimate | None = None,
+    command: Sequence[str] = (),
 ) -> SweepOutcome:
     """Run every unfinished trial of `sweep` on Ray and return how the sweep ended.
 
@@ -330,54 +504,69 @@ def run_sweep(
         dashboard: start the Ray dashboard with a local Ray (its URL is printed).
         storage: Ray's storage_path (a shared path or s3://...); default <results>/ray.
         poll_s: seconds between checks of a run another process is training.
-        budget: no trial starts once spent + running cost reaches it (depthcore.estimate).
+        budget: no run starts unless spent + running cost + its own fits (depthcore.estimate).
+        estimate: the pre-flight's estimate, recorded in the sweep index at its start.
+        command: the command line that started the sweep (the runner's argv), for the hint
+            that continues a sweep that stopped.
+
+    Nothing is written before the sweep name and, on a local machine, the data are checked
+    (depthcore.preflight): a ConfigError or DataError leaves the results folder as it was.
     """
     results = Path(results).resolve()
+    check_sweep_name(sweep, results)
     job = _Job(sweep, {}, str(results), train_fn or engine_train(), time.time(), poll_s, budget)
-    opts = _Options(address, max_concurrent, dashboard, storage, out)
+    opts = _Options(address, max_concurrent, dashboard, storage, out, tuple(command))
     if sweep.file.search.method == "optuna":
-        _check_local_data([config_from_dict(sweep.base)], address)
+        check_data([config_from_dict(sweep.base)], address)
         return _run_optuna(job, opts)
     trials = expand(sweep)
     if sweep.file.adaptive is not None:
-        return _race(job, opts, trials)
+        return _race(job, opts, trials, estimate)
     index = SweepIndex(sweep, results, trials)
-    index.write()
     work = pending_work(results, trials)
     todo = _todo(index, trials)
-    _check_local_data([t.config for t in work.train], address)
-    _check_local_data([t.config for t in work.evaluate], address, train=False)
+    check_data([t.config for t in work.train], address, evaluate=[t.config for t in work.evaluate])
+    index.keep_estimate(estimate)
+    index.write()
     out(f"{sweep.name}: {len(trials)} trials: {work.line()}")
     if todo:
         job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
         space = {"trial_id": tune.grid_search([t.trial_id for t in todo])}
         _run_on_ray(job, opts, index, space)
-    outcome = _summarise(sweep, index, len(work.train), out, len(work.evaluate))
-    budget_note(job.gate, outcome, out)
-    return outcome
+    return _summarise(job, opts, index, len(work.train), len(work.evaluate))
 
 
-def _race(job: _Job, opts: _Options, trials: Sequence[Trial]) -> SweepOutcome:
+def _race(
+    job: _Job, opts: _Options, trials: Sequence[Trial], estimate: SweepEstimate | None
+) -> SweepOutcome:
     """Adaptive seeds: rounds of Ray trials, each over the runs the race asks for next, until
-    every arm is decided or at max seeds (see depthcore/racing.py)."""
+    every arm is decided or at max seeds (see depthcore/racing.py). A configuration whose run
+    fails (after Ray's retries) leaves the race and the others go on; a failed baseline run, or
+    runs that did not finish (interrupted, not started), stop it."""
     sweep, out = job.sweep, opts.out
     index = SweepIndex(sweep, Path(job.results), trials)
     state = index.race(trials)
+    work = pending_work(job.results, trials)
+    check_data(
+        [t.config for t in work.train], opts.address, evaluate=[t.config for t in work.evaluate]
+    )
+    index.keep_estimate(estimate)
     index.write()
-    _check_local_data([t.config for t in trials], opts.address)
     settings = sweep.file.adaptive
     assert settings is not None  # run_sweep races only such sweeps
     low, high = run_bounds(len({t.arm for t in trials}), settings.plan)
     out(f"{sweep.name}: adaptive seeds (start {settings.start}, max {settings.max}): "
         f"{low} to {high} runs")  # fmt: skip
     tried: set[str] = set()
-    trained = 0
+    failed_arms: set[str] = set()
+    trained = evaluated = 0
     while state.next_runs:
-        if tried.issuperset(state.next_runs):
-            out(f"{sweep.name}: race halted: {len(state.next_runs)} runs did not finish")
+        asked = set(state.next_runs)
+        if tried.issuperset(asked):
+            out(f"{sweep.name}: race halted: {len(asked)} runs did not finish")
             break
-        tried |= set(state.next_runs)
-        todo = _todo(index, [t for t in trials if t.run_id in set(state.next_runs)])
+        tried |= asked
+        todo = _todo(index, [t for t in trials if t.run_id in asked])
         if not todo:  # finished, yet the race cannot read their per-image results
             out(f"{sweep.name}: race halted: finished runs without a readable per_image.csv")
             break
@@ -386,34 +575,48 @@ def _race(job: _Job, opts: _Options, trials: Sequence[Trial]) -> SweepOutcome:
         round_job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
         _run_on_ray(round_job, opts, index, {"trial_id": tune.grid_search(list(round_job.trials))})
         trained += len(work.train)
-        state = index.race(trials)
+        evaluated += len(work.evaluate)
+        go_on = _after_round(sweep, index, todo, failed_arms, out)
+        state = index.race(trials, failed_arms)
         index.write()
+        if not go_on:
+            break
     for arm, arm_state in state.arms.items():
         out(f"  {arm}: {arm_state.seeds_run} seeds, {arm_state.stop_reason}")
-    outcome = _summarise(sweep, index, trained, out)
-    budget_note(job.gate, outcome, out)
-    return outcome
+    for arm in sorted(failed_arms):
+        out(f"  {arm}: {FAILED_ARM} (left the race)")
+    return _summarise(job, opts, index, trained, evaluated)
 
 
-def _check_local_data(
-    configs: Sequence[Config], address: str | None, *, train: bool = True
-) -> None:
-    """On this machine, KITTI data is checked before Ray starts: a missing frame, calibration or
-    ground truth stops the sweep with a DataError naming the file and split line (exit 2),
-    instead of failing every trial (`train=False`: only the test split, for trained runs that are
-    only evaluated). Synthetic drives are generated by the first trial that needs them; on a
-    cluster the data lives on the workers, and each trial checks its own."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        return
-    from depthcore.data import resolve_data
-
-    checked: set[str] = set()
-    for cfg in configs:
-        tree = cfg.to_dict()
-        key = repr((tree["data"], tree["eval"]))
-        if cfg.data.dataset == "kitti" and key not in checked:
-            checked.add(key)
-            resolve_data(cfg, train=train)
+def _after_round(
+    sweep: Sweep, index: SweepIndex, todo: Sequence[Trial], failed_arms: set[str], out: Out
+) -> bool:
+    """Whether the race goes on after a round: a configuration with a failed run leaves it
+    (the others go on; rerunning the command tries the run again); a failed baseline run, or a
+    run that did not finish (the sweep was stopped, or the budget left it), stops it."""
+    statuses = {t.trial_id: store.run_status(index.run_dir(t.run_id), t.eval_id) for t in todo}
+    unfinished = ("interrupted", "pending", "running", "trained")
+    stopped = [t for t in todo if statuses[t.trial_id] in unfinished]
+    if stopped:
+        out(f"{sweep.name}: race stopped: {len(stopped)} runs of the round did not finish")
+        return False
+    for trial in (t for t in todo if statuses[t.trial_id] == "failed"):
+        path = store.error_path(index.run_dir(trial.run_id), trial.eval_id)
+        error = store.read_error(path.parent) or {}
+        why = f"{error.get('type')}: {str(error.get('error') or '').strip()[:120]}"
+        if trial.role == "baseline":
+            out(
+                f"{sweep.name}: race halted: the baseline's run {trial.trial_id} failed ({why}); "
+                "no configuration can be judged without it"
+            )
+            return False
+        if trial.arm not in failed_arms:
+            failed_arms.add(trial.arm)
+            out(
+                f"{sweep.name}: {trial.arm} leaves the race: its run {trial.trial_id} failed "
+                f"({why}); the other configurations go on"
+            )
+    return True
 
 
 def _todo(index: SweepIndex, trials: Sequence[Trial]) -> list[Trial]:
@@ -486,8 +689,11 @@ def _prune_ray_checkpoints(grid: Any, job: _Job) -> None:
 
 
 def _summarise(
-    sweep: Sweep, index: SweepIndex, trained: int, out: Out, evaluated: int = 0
+    job: _Job, opts: _Options, index: SweepIndex, trained: int, evaluated: int = 0
 ) -> SweepOutcome:
+    """The closing lines: the index's statuses counted as the index lists them (each status is
+    the run folder's), each failed trial with its error, and the command that continues."""
+    sweep, out = job.sweep, opts.out
     statuses = {tid: e["status"] for tid, e in index.entries.items()}
     errors = {
         tid: store.error_path(index.run_dir(e["run_id"]), e.get("eval_id"))
@@ -499,14 +705,15 @@ def _summarise(
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    out(f"{sweep.name}: {len(statuses)} trials: {parts}  (index: {index.path})")
+    runs = len({e["run_id"] for e in index.entries.values()})
+    shared = f" ({runs} runs)" if runs != len(statuses) else ""
+    out(f"{sweep.name}: {len(statuses)} trials{shared}: {parts}  (index: {index.path})")
     for tid, path in errors.items():
         error = store.read_error(path.parent) or {}
         out(f"  failed: {tid}: {error.get('type')}: {error.get('error')}  -> {path}")
-    if any(s in ("interrupted", "pending", "running") for s in statuses.values()):
-        out("  unfinished runs resume from their checkpoints when you rerun the same command")
-    if "trained" in statuses.values():
-        out("  trained runs not evaluated yet are evaluated (not trained) when you rerun it")
+    lines = continue_lines(sweep, Path(job.results), statuses, gate=job.gate, command=opts.command)
+    for line in lines:
+        out(line)
     return outcome
 
 
@@ -538,7 +745,7 @@ def _run_optuna(job: _Job, opts: _Options) -> SweepOutcome:
         )
         space = {key: _domain(rng) for key, rng in search.space.items()}
         _run_on_ray(job, opts, index, space, searcher, remaining)
-    return _summarise(sweep, index, remaining, opts.out)
+    return _summarise(job, opts, index, remaining)
 
 
 def _final_only_optuna() -> type:

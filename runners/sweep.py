@@ -3,22 +3,19 @@
 Re-running the same command resumes: finished runs are skipped (in every sweep that shares them),
 interrupted ones continue from their checkpoints; trained runs asked for another evaluation
 (other eval.* keys) are evaluated without training. Results: RESULTS/runs/<run id>/ and
-RESULTS/sweeps/<name>.yaml. Exit code 0 when every run finished, 1 if any failed, 2 for a bad
-sweep file or missing KITTI data (checked before Ray starts on a local machine). Reference:
-docs/sweeps.md, "Sweep-file reference".
+RESULTS/sweeps/<name>.yaml. Exit code 0 when every run finished, 1 if any failed or is unfinished,
+2 where the pre-flight stops it before anything is written: a bad sweep file, missing KITTI data,
+a budget the estimate exceeds, a sweep name another sweep file uses, resources this machine lacks
+(--dry-run prints every check, and exits 2 where a real start would stop). Reference:
+docs/sweeps.md, "Sweep-file reference" and "Pre-flight".
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import sys
 
 from depthcore.cli import add_set_option, run_main
-from depthcore.errors import ConfigError
-
-if TYPE_CHECKING:
-    from depthcore.estimate import BudgetGate
-    from depthcore.sweep import Sweep
 
 
 def main() -> int:
@@ -38,8 +35,12 @@ def main() -> int:
         "--calibrate", action="store_true", help="time run shapes of unknown cost here first"
     )
     parser.add_argument("--budget", type=float, metavar="H", help="override budget.device_hours")
-    parser.add_argument("--gpus", type=int, metavar="N", help="estimate on N GPUs (default: here)")
-    parser.add_argument("--cpus", type=int, metavar="N", help="estimate on N CPUs (default: here)")
+    parser.add_argument(
+        "--gpus", type=int, metavar="N", help="use at most N GPUs at once (default: here)"
+    )
+    parser.add_argument(
+        "--cpus", type=int, metavar="N", help="use at most N CPUs at once (default: here)"
+    )
     args = parser.parse_args()
     if args.max_concurrent is not None and args.max_concurrent < 1:
         parser.error("--max-concurrent must be >= 1")
@@ -54,10 +55,23 @@ def main() -> int:
     if any(n is not None and n < 1 for n in (args.gpus, args.cpus)):
         parser.error("--gpus and --cpus must be >= 1")
 
+    from depthcore.preflight import Options, preflight
     from depthcore.sweep import load_sweep
 
     sweep = load_sweep(args.sweep, args.overrides)  # every error here comes before Ray starts
-    gate = _estimate(sweep, args)
+    opts = Options(
+        results=args.results,
+        dry_run=args.dry_run,
+        calibrate=args.calibrate,
+        budget=args.budget,
+        cpus=args.cpus,
+        gpus=args.gpus,
+        max_concurrent=args.max_concurrent,
+        address=args.address,
+        only=args.only,
+        command=tuple(sys.argv),
+    )
+    start = preflight(sweep, opts)  # the estimate and checks; nothing written yet
     if args.dry_run:
         return 0
 
@@ -72,56 +86,13 @@ def main() -> int:
         sweep,
         args.results,
         address=args.address,
-        max_concurrent=args.max_concurrent,
+        max_concurrent=start.max_concurrent,
         dashboard=not args.no_dashboard,
         storage=args.storage,
-        budget=gate,
+        budget=start.gate,
+        estimate=start.estimate,
+        command=opts.command,
     ).exit_code
-
-
-def _estimate(sweep: Sweep, args: argparse.Namespace) -> BudgetGate | None:
-    """--dry-run's plan and estimate; before a sweep, its budget check and recorded estimate.
-    Returns the budget gate for the sweep (None without a budget)."""
-    from depthcore import estimate as est_mod
-    from depthcore import store
-    from depthcore.sweep import expand, first_runs, plan_lines
-
-    budget = args.budget or (sweep.file.budget.device_hours if sweep.file.budget else None)
-    if sweep.file.search.method == "optuna":
-        if args.dry_run:
-            print("\n".join(plan_lines(sweep, [])))
-        if budget is not None:
-            raise ConfigError(f"{sweep.where('budget')}: search: optuna has no cost estimate yet")
-        return None
-    trials = expand(sweep)
-    est = est_mod.estimate_sweep(
-        sweep, trials, args.results, cpus=args.cpus, gpus=args.gpus, calibrate_here=args.calibrate
-    )
-    kind = "cuda" if sweep.file.resources.gpu > 0 else "cpu"
-    if args.dry_run:
-        from depthcore.trials import pending_work
-
-        statuses = {
-            t.trial_id: store.run_status(store.run_path(args.results, t.run_id), t.eval_id)
-            for t in trials
-        }
-        sure = first_runs(sweep, trials)  # a race: the runs of its first look
-        work = pending_work(args.results, [t for t in trials if t.run_id in sure]).line()
-        if sweep.file.adaptive is not None:
-            work += " before the race's first look"
-        plan = [*plan_lines(sweep, trials, statuses), work]
-        print("\n".join([*plan, *est_mod.estimate_lines(est, kind)]))
-        return None
-    print("\n".join(est_mod.estimate_lines(est, kind, per_run=False)))
-    if args.only is not None:
-        return None
-    if budget is not None:
-        where = (
-            f"--budget {args.budget:g}" if args.budget else sweep.where("budget", "device_hours")
-        )
-        est_mod.check_budget(est, budget, args.results, where)
-    est_mod.record_estimate(sweep, trials, args.results, est)
-    return est_mod.budget_gate(est, budget, args.results) if budget is not None else None
 
 
 if __name__ == "__main__":

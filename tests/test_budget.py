@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
@@ -154,7 +155,7 @@ def test_budget_reached_mid_sweep_and_a_larger_budget_finishes(
 def test_estimate_recorded_in_the_index_is_what_the_report_reads(
     tiny_overrides: list[str], tmp_path: Path
 ) -> None:
-    from depthcore.estimate import estimate_sweep, record_estimate
+    from depthcore.estimate import estimate_sweep
     from depthcore.report.compute import read_estimate
     from depthcore.trials import SweepIndex
 
@@ -162,9 +163,140 @@ def test_estimate_recorded_in_the_index_is_what_the_report_reads(
     sweep = sweep_from_dict(sweep_tree(tiny_overrides))
     trials = expand(sweep)
     est = estimate_sweep(sweep, trials, tmp_path)
-    record_estimate(sweep, trials, tmp_path, est)
+    index = SweepIndex(sweep, tmp_path, trials)
+    index.keep_estimate(est)  # as run_sweep records it at the sweep's start
+    index.write()
     recorded = read_estimate(tmp_path, sweep.name)
     assert recorded is not None and recorded["runs"] == 2 and recorded["source"] == "calibration"
     assert recorded["device_hours"] == pytest.approx(est.total_device_hours, rel=1e-3)
     SweepIndex(sweep, tmp_path, trials).write()  # the sweep's own rewrites keep it
     assert read_estimate(tmp_path, sweep.name) == recorded
+
+
+def test_dry_run_with_a_budget_below_the_estimate_exits_2(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    calibrated(tmp_path, tiny_overrides, step_s=3600.0)
+    proc = run_runner(tmp_path, sweep_tree(tiny_overrides, budget=0.5), "--dry-run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # as the real start: refused
+    assert "2 runs, 0 finished; 2 to train:" in proc.stdout  # after the plan and estimate
+    assert "  budget: FAILED" in proc.stdout
+    assert "budget: budget 0.5 device-hours" in proc.stderr and "--budget " in proc.stderr
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_cpus_do_not_change_the_budget_check(tiny_overrides: list[str], tmp_path: Path) -> None:
+    # Runs are priced at the trial's share of this machine, as their cost records will count
+    # them: half the estimate is refused with --cpus as without (--cpus at 3x the cores once
+    # divided the estimate by 3 and passed it).
+    from depthcore.estimate import estimate_sweep
+
+    calibrated(tmp_path, tiny_overrides, step_s=60.0)
+    sweep = sweep_from_dict(sweep_tree(tiny_overrides))
+    need = estimate_sweep(sweep, expand(sweep), tmp_path, out=print).device_hours
+    assert need is not None and need > 0
+    budget = f"{need / 2:.6f}"
+    cpus = str(3 * len(os.sched_getaffinity(0)))
+    for extra in ((), ("--cpus", cpus)):
+        proc = run_runner(tmp_path, sweep_tree(tiny_overrides), "--budget", budget, *extra)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "budget" in proc.stderr and "RAY_IMPORTED=False" in proc.stderr
+
+
+def finished_run(results: Path, trial: Any, train_s: float, share: float) -> None:
+    """A finished run's files with a cost record of `train_s` seconds of training."""
+    from depthcore.estimate import train_steps
+
+    run_dir = store.run_path(results, trial.run_id)
+    run_dir.mkdir(parents=True)
+    cfg = trial.config
+    store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
+    samples = (train_steps(cfg) or 1) * cfg.optim.batch_size
+    cost = {"device_kind": "cpu", "share": share, "samples": samples, "train_s": train_s}
+    cost.update(wall_s=train_s, setup_s=0.0, eval_s=0.0, device_hours=train_s * share / 3600)
+    store.write_cost(run_dir, cost)
+    store.write_json_atomic(run_dir / store.FINAL_FILE, {"metrics": {}, "cost": cost})
+
+
+def test_gate_prices_runs_at_the_measured_rate_once_one_finished(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    from depthcore.estimate import budget_gate, estimate_sweep
+
+    tree = sweep_tree(tiny_overrides)
+    tree["trials"] = [{"label": "a"}]
+    tree["seeds"] = [1, 2, 3]
+    sweep = sweep_from_dict(tree)
+    one, two, three = expand(sweep)
+    calibrated(tmp_path, tiny_overrides, step_s=10.0)  # the estimate: 2 steps, 23 s per run
+    est = estimate_sweep(sweep, [one, two, three], tmp_path)
+    share = est.share
+    start_price = 23.0 * share / 3600
+    assert est.device_hours == pytest.approx(3 * start_price)
+    gate = budget_gate(est, 3 * 60.0 * share / 3600 * 0.9, tmp_path)  # < 3 runs at 60 s
+    assert gate.prices()[two.run_id] == pytest.approx(start_price)
+
+    finished_run(tmp_path, one, train_s=60.0, share=share)  # 2.6x the estimate
+    measured = 60.0 * share / 3600
+    assert gate.prices()[two.run_id] == pytest.approx(measured)
+    assert gate.allows(two.run_id)  # 1 run spent + its own: fits
+    with store.RunLock(store.run_path(tmp_path, two.run_id)):
+        # The running run counts at the measured rate (not the start's third of it): the
+        # third run would not fit, although spent + the start's estimates would.
+        assert gate.committed() == pytest.approx(2 * measured)
+        assert measured + 2 * start_price < gate.device_hours
+        assert not gate.allows(three.run_id)
+        assert gate.allows()  # budget is left; only this run does not fit in it
+
+
+@pytest.mark.slow
+def test_a_budget_with_cpus_is_overshot_by_at_most_the_runs_started_together(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    """The runner with the stand-in engine on a local Ray, --cpus 2 (2 trials at once), and a
+    calibration that says a third of what a run costs (as --cpus at 3x the cores once made the
+    estimate): the up-front check passes, and the gate, pricing running runs at the measured
+    rate once one finished, stops the sweep within the budget plus the runs started together."""
+    from sweep_runner import SIM_TRAIN_S, run_sweep_runner
+
+    from depthcore.estimate import device_share, spent_device_hours, train_steps
+    from depthcore.sweep import load_sweep
+
+    tree = sweep_tree(tiny_overrides)
+    tree.pop("max_concurrent")
+    tree.update(trials=[{"label": "a"}], seeds=[1, 2, 3, 4, 5, 6])
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    trials = expand(load_sweep(path))
+    run_cost = SIM_TRAIN_S * device_share(sweep_from_dict(tree).file.resources) / 3600
+    steps = train_steps(trials[0].config) or 1
+    key = shape_key(cost_shape(trials[0].config, "cpu"))
+    third = asdict(Rate(step_s=SIM_TRAIN_S / 3 / steps, eval_s=0.0, setup_s=0.0, source=""))
+    store.write_json_atomic(tmp_path / CALIBRATION_FILE, {key: third})
+    budget, together = 2.5 * run_cost, 2  # --cpus 2 at cpu 1 per trial
+    args = (str(path), "--results", str(tmp_path), "--no-dashboard", "--cpus", "2")
+    proc = run_sweep_runner(*args, "--budget", f"{budget:.6g}", stand_in=True, timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert f"6 to train: {6 * run_cost / 3:.2g} CPU-h" in out  # the estimate passed the check
+
+    spent = spent_device_hours(tmp_path, [t.run_id for t in trials])
+    assert spent <= budget + together * run_cost
+    statuses = {t.trial_id: store.run_status(store.run_path(tmp_path, t.run_id)) for t in trials}
+    # Once the first runs finished, each further run was priced at what they cost: none fit.
+    assert sorted(statuses.values()) == ["finished"] * 2 + ["pending"] * 4, out
+    assert spent <= budget
+    index = store.read_sweep_index(tmp_path, "budgeted")
+    assert index is not None
+    assert {e["trial_id"]: e["status"] for e in index["trials"]} == statuses
+    assert "6 trials: 2 finished, 4 pending" in out
+    assert out.count("skipped a,seed=") == 4 and "budget reached" in out
+
+    # The hint's command continues: the same command is refused, the hint's budget passes.
+    hint = next(line for line in out.splitlines() if "to continue:" in line)
+    assert "the same command would be refused" in hint
+    raised = hint.rsplit("--budget ", 1)[1].split()[0]
+    again = run_sweep_runner(*args, "--budget", f"{budget:.6g}", "--dry-run")
+    assert again.returncode == 2 and "budget: FAILED" in again.stdout
+    ok = run_sweep_runner(*args, "--budget", raised, "--dry-run")
+    assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -9,6 +9,7 @@ than the baseline and the arm `same` is the baseline under other seeds (an A/A a
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +256,115 @@ def test_a_race_halted_midway_is_reported_as_far_as_it_got(tmp_path: Path) -> No
     assert "open" in {s.stop_reason for s in state.arms.values()}
     rows = assert_report_is_the_race(tmp_path, "many", state, "abs_rel")
     assert (rows["n_seeds"] == 2).all()  # only the first look has been made
+
+
+# ----------------------------------------------------------------------------------------------
+# A configuration whose run fails leaves the race; the others go on; nothing finished is dropped
+
+
+FAULTY_ARMS = [
+    {"label": "baseline", "role": "baseline", "loss.photometric": "standard"},
+    {"label": "good", "loss.photometric": "l1"},
+    {"label": "same", "loss.photometric": "ssim_a"},
+    {"label": "bad", "loss.photometric": "ssim_m"},
+]
+
+
+def faulty_race(results: Path, fail: str, arms: int = 4) -> tuple[Any, list[Any]]:
+    """A race of the stand-in engine (tests/sweep_runner.py) over the first `arms` of
+    FAULTY_ARMS, in which the first seed of the arm `fail` fails (a non-finite loss, which Ray's
+    retry would only repeat)."""
+    from sweep_runner import STAND_IN_FILE
+
+    sweep = sweep_from_dict(
+        {
+            "name": "faulty",
+            "base": {"model": {"pretrained": False}, "train": {"seed": 10, "device": "cpu"}},
+            "trials": FAULTY_ARMS[:arms],
+            "seeds": {"start": 2, "max": 4, "spending": "bonferroni"},
+            "max_concurrent": 2,
+            "max_failures": 1,
+        }
+    )
+    trials = expand(sweep)
+    streams = {"baseline": 0, "good": 1, "same": 2, "bad": 3}
+    plan = {
+        t.run_id: {"sleep": 0.1, "stream": streams[t.arm], "shift": -0.05 * (t.arm == "good")}
+        for t in trials
+    }
+    plan[next(t for t in trials if t.arm == fail).run_id]["fail"] = True
+    results.mkdir(parents=True, exist_ok=True)
+    store.write_json_atomic(results / STAND_IN_FILE, plan)
+    return sweep, trials
+
+
+def index_matches_folders(results: Path, name: str, trials: list[Any]) -> dict[str, Any]:
+    """Every status in the index is its run folder's, and no finished run is left out."""
+    index = store.read_sweep_index(results, name)
+    assert index is not None
+    entries = {e["trial_id"]: e for e in index["trials"]}
+    for entry in entries.values():
+        assert entry["status"] == store.run_status(store.run_path(results, entry["run_id"]))
+    finished = {t.trial_id for t in trials if store.read_final(store.run_path(results, t.run_id))}
+    assert finished <= set(entries), finished - set(entries)
+    return entries
+
+
+@pytest.mark.slow
+def test_a_failed_configuration_leaves_the_race_and_the_others_go_on(
+    ray_local: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sweep_runner
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sweep_runner)  # Ray's workers cannot import tests/
+    sweep, trials = faulty_race(tmp_path, fail="bad")
+    outcome = run_sweep(sweep, tmp_path, train_fn=sweep_runner.stand_in_train, dashboard=False)
+    out = capsys.readouterr().out
+    assert outcome.exit_code == 1
+    assert "faulty: bad leaves the race: its run bad,seed=10 failed (TrainingError" in out
+    assert "race halted" not in out
+    kept = [t for t in trials if t.arm != "bad"]
+    assert race_state(sweep, tmp_path, kept).finished  # the race went on to its end
+    entries = index_matches_folders(tmp_path, "faulty", trials)
+    bad = {tid: e for tid, e in entries.items() if e["label"] == "bad"}
+    assert {e["stop_reason"] for e in bad.values()} == {"failed"}
+    assert {e["status"] for e in bad.values()} == {"failed", "finished"}  # seed 11 finished
+    assert entries["good,seed=10"]["stop_reason"] == "better"
+    counts = ", ".join(
+        f"{n} {s}" for s, n in sorted(Counter(e["status"] for e in entries.values()).items())
+    )
+    assert f"faulty: {len(entries)} trials: {counts}" in out
+    assert "1 failed run will be tried again" in out
+
+    # A failed baseline run halts the race: no configuration can be judged without it.
+    halted = tmp_path / "halted"
+    sweep, trials = faulty_race(halted, fail="baseline", arms=2)
+    outcome = run_sweep(sweep, halted, train_fn=sweep_runner.stand_in_train, dashboard=False)
+    out = capsys.readouterr().out
+    assert outcome.exit_code == 1
+    assert "race halted: the baseline's run baseline,seed=10 failed" in out
+    assert "race round" in out and out.count("race round") == 1
+    entries = index_matches_folders(halted, "faulty", trials)
+    assert {e["stop_reason"] for e in entries.values() if e["label"] != "baseline"} == {"open"}
+
+
+def test_the_index_keeps_a_finished_seed_while_an_earlier_one_is_unfinished() -> None:
+    from depthcore.racing import ArmState, RaceState
+    from depthcore.trials import raced_trials
+
+    trials = expand(race_sweep())
+    ids = {(t.arm, t.seed): t.run_id for t in trials}
+    # Look 0 (2 seeds): the baseline's seed 10 finished and 11 not; `same`'s 10 failed and
+    # its 11 finished; `good` decided already.
+    state = RaceState(
+        {
+            "baseline": ArmState(1, "baseline"),
+            "good": ArmState(2, "better", 0),
+            "same": ArmState(1, "open"),
+        },
+        [ids["baseline", 11], ids["same", 10]],
+    )
+    listed = {(t.arm, t.seed) for t in raced_trials(trials, state)}
+    assert ("same", 11) in listed  # finished: never dropped from the index
+    assert listed == {(a, s) for a in ("baseline", "good", "same") for s in (10, 11)}

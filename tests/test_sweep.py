@@ -142,11 +142,30 @@ def test_paper_sweeps_use_the_paper_settings() -> None:
             c = t.config
             assert (c.data.dataset, c.data.width, c.data.height) == ("kitti", 640, 192)
             assert Path(c.data.root or "").name == "kitti_data"
-            assert Path(c.data.split_dir or "").name == "eigen_zhou"
+            assert c.data.split_dir is None and c.eval.split_dir is None  # the bundled splits
+            assert (c.identity()["data"]["split_dir"], c.identity()["eval"]["split_dir"]) == (
+                "eigen_zhou",
+                "eigen",
+            )
             assert (c.optim.batch_size, c.optim.warmup_steps, c.optim.lr) == (8, 1000, 1e-4)
             assert (c.train.epochs, c.train.seed) == (20, 1234)
             assert (c.model.encoder, c.model.pretrained) == ("resnet18", True)
             assert c.model.scales == c.eval.scales == (0, 1, 2, 3)  # Table 4 reads any run
+
+
+def test_paper_sweeps_find_their_splits_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from depthcore.data.kitti import BUNDLED_SPLITS
+    from depthcore.estimate import test_images, train_steps
+
+    eigen_zhou = (BUNDLED_SPLITS / "eigen_zhou" / "train_files.txt").read_text().split("\n")
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    for name in (*PAPER_SWEEPS, "table4_multiscale"):
+        cfg = expand(load(name))[0].config
+        assert train_steps(cfg) == 20 * (len([x for x in eigen_zhou if x.strip()]) // 8)
+        assert test_images(cfg) == 697  # the Eigen test split
+    assert not (tmp_path / "depthcore").exists()
 
 
 def test_table3_and_table4_variants() -> None:

@@ -303,11 +303,14 @@ def test_missing_kitti_data_stops_a_local_sweep_before_ray_starts(
     with pytest.raises(DataError, match=r"train_files\.txt"):
         run_sweep(sweep, tmp_path / "results", train_fn=must_not_train, dashboard=False)
     # (Raised by the driver: from a trial the error would only be recorded in error.json.)
+    # Nothing was written: no sweep index whose report would read as a sweep that started.
+    assert not (tmp_path / "results" / "sweeps").exists()
+    assert not (tmp_path / "results" / "runs").exists()
     # On a cluster the workers hold the data: nothing is checked on the driver.
-    from depthcore.tuning import _check_local_data
+    from depthcore.preflight import check_data
 
-    _check_local_data([expand(make_sweep("x", trials=[{"label": "a"}]))[0].config], None)
-    _check_local_data([config_from_dict(sweep.base)], "auto")
+    check_data([expand(make_sweep("x", trials=[{"label": "a"}]))[0].config], None)
+    check_data([config_from_dict(sweep.base)], "auto")
 
 
 def test_a_run_locked_by_another_process_is_waited_for(tmp_path: Path) -> None:
@@ -449,3 +452,139 @@ def test_trials_differing_in_eval_keys_train_once_and_evaluate_each(
     )
     assert len(attempts(tmp_path, one.run_id)) == 1
     assert len(store.read_jsonl(run_dir / "evaluations.jsonl")) == 3
+
+
+# What a sweep says: the runner with the stand-in engine (tests/sweep_runner.py) on a local Ray
+
+FAULTS_SWEEP = {
+    "name": "faults",
+    "base": {**TINY_BASE, "train": {"epochs": 1, "device": "cpu"}},
+    "trials": [{"label": "a"}],
+    "seeds": [1, 2, 3],
+    "resources": {"cpu": 1},
+    "max_failures": 1,
+}
+
+
+@pytest.mark.slow
+def test_worker_deaths_print_one_line_each_and_a_spent_trial_fails_with_its_error(
+    tmp_path: Path,
+) -> None:
+    from sweep_runner import STAND_IN_FILE, attempts, run_sweep_runner
+
+    from depthcore.store import FAULTS_FILE
+    from depthcore.sweep import load_sweep
+
+    path = tmp_path / "faults.yaml"
+    path.write_text(yaml.safe_dump(FAULTS_SWEEP))
+    ok, once, always = expand(load_sweep(path))
+    results = tmp_path / "results"
+    results.mkdir()
+    plan = {once.run_id: {"kill": 1}, always.run_id: {"kill": 99}}  # 99: every attempt dies
+    (results / STAND_IN_FILE).write_text(json.dumps(plan))
+    proc = run_sweep_runner(
+        str(path), "--results", str(results), "--no-dashboard", stand_in=True, timeout=300
+    )
+    out, said = proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    # Ray's own words stay off the console: no traceback, no raylet report, no OOM advice.
+    for ray_words in ("Traceback", "(raylet)", "A worker died", "OOM", "Trials did not complete"):
+        assert ray_words not in said, ray_words
+
+    # A death Ray retries: one line of ours; Ray's error, in full, in the run's faults.log.
+    retried = [line for line in out.splitlines() if once.trial_id in line and "retry" in line]
+    assert len(retried) == 1 and "its Ray worker process died" in retried[0], out
+    log = store.run_path(results, once.run_id) / FAULTS_FILE
+    assert str(log) in retried[0]
+    assert "ActorDiedError" in log.read_text() and "attempt 1 of 2 failed" in log.read_text()
+    assert len(attempts(results, once.run_id)) == 2
+
+    # Killed until its retries are spent: failed, with an error record naming the death.
+    failed_dir = store.run_path(results, always.run_id)
+    assert store.run_status(failed_dir) == "failed"
+    error = store.read_error(failed_dir)
+    assert error is not None and error["type"] == "ActorDiedError"
+    assert "ActorDiedError" in error["traceback"]
+    assert f"FAILED  {always.trial_id}: ActorDiedError: its Ray worker process died" in out
+    assert len(attempts(results, always.run_id)) == 2
+    # data.num_workers 'auto' was resolved within the trial's one CPU: no loader workers.
+    assert {a["workers"] for a in attempts(results, ok.run_id)} == {0}
+
+    # Every status printed is the run folder's, and the summary counts what the index lists.
+    index = store.read_sweep_index(results, "faults")
+    assert index is not None
+    folders = {
+        t.trial_id: store.run_status(store.run_path(results, t.run_id)) for t in (ok, once, always)
+    }
+    assert {e["trial_id"]: e["status"] for e in index["trials"]} == folders
+    assert "faults: 3 trials: 1 failed, 2 finished" in out
+    assert f"failed: {always.trial_id}: ActorDiedError" in out
+    assert "to continue, run the same command:" in out and "1 failed run will be tried again" in out
+
+
+def test_trial_loader_workers_fit_the_trial_cpus() -> None:
+    from depthcore.trials import with_trial_cpus
+
+    base = {**TINY_BASE, "data": {"num_workers": "auto"}}
+    (trial,) = expand(make_sweep("w", base=base, trials=[{"label": "a"}]))
+    assert trial.config.data.num_workers == "auto"
+    assert with_trial_cpus(trial, 1).config.data.num_workers == 0  # the trial's one process
+    four = with_trial_cpus(trial, 4)
+    assert four.config.data.num_workers == 3 and four.run_id == trial.run_id
+    assert with_trial_cpus(trial, 64).config.data.num_workers == 8
+    fixed = expand(make_sweep("w", base={**TINY_BASE, "data": {"num_workers": 5}}, trials=[{}]))[0]
+    assert with_trial_cpus(fixed, 1).config.data.num_workers == 5  # a number is the user's
+
+
+def test_ray_notices_that_our_lines_replace_are_dropped_only_while_ray_runs(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from ray._private import worker
+
+    from depthcore.tuning import _quiet_ray
+
+    notice = "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=..."
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    died = {"lines": ["A worker died or was killed while executing a task"], "pid": "raylet"}
+    other = {"lines": ["something else"], "pid": "raylet", "is_err": False}
+    with caplog.at_level(logging.WARNING), _quiet_ray():
+        logger.warning(notice)
+        worker.print_to_stdstream({**died, "is_err": False}, ignore_prefix=False)
+        worker.print_to_stdstream(other, ignore_prefix=False)
+    assert notice not in caplog.text
+    printed = capsys.readouterr().out
+    assert "A worker died" not in printed and "something else" in printed
+    with caplog.at_level(logging.WARNING):
+        logger.warning(notice)
+    assert notice in caplog.text  # outside a session, Ray's logging is untouched
+
+
+def test_a_sweep_name_used_by_another_sweep_file_is_refused(tmp_path: Path) -> None:
+    from sweep_runner import run_sweep_runner
+
+    from depthcore.preflight import check_sweep_name
+    from depthcore.sweep import load_sweep
+
+    original, copy = tmp_path / "orig.yaml", tmp_path / "copy.yaml"
+    text = yaml.safe_dump({"name": "same", "base": TINY_BASE, "trials": [{"label": "a"}]})
+    original.write_text(text)
+    copy.write_text(text.replace("label: a", "label: b"))
+    results = tmp_path / "results"
+    run_one(load_sweep(original), "a", results, train_fn=fake_train)  # the original's index
+    index_before = (results / "sweeps" / "same.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="already used") as refused:
+        check_sweep_name(load_sweep(copy), results)
+    assert str(original) in str(refused.value) and str(copy) in str(refused.value)
+    with pytest.raises(ConfigError, match="already used"):
+        run_sweep(load_sweep(copy), results, train_fn=must_not_train)
+    with pytest.raises(ConfigError, match="already used"):
+        run_one(load_sweep(copy), "b", results, train_fn=must_not_train)
+    proc = run_sweep_runner(str(copy), "--dry-run", "--results", str(results))
+    assert proc.returncode == 2 and "sweep name: FAILED" in proc.stdout
+    assert str(original) in proc.stderr and str(copy) in proc.stderr
+    assert (results / "sweeps" / "same.yaml").read_bytes() == index_before  # untouched
+    check_sweep_name(load_sweep(original), results)  # the original itself goes on
+    original.rename(tmp_path / "moved.yaml")  # a moved sweep file takes its index over
+    check_sweep_name(load_sweep(tmp_path / "moved.yaml"), results)

@@ -61,7 +61,10 @@ def _data_root(cfg: Config, cache_dir: Path) -> Path:
             )
         root = Path(data.root)
         if not root.is_dir():
-            raise DataError(f"data.root {root}: not a folder (expected the KITTI raw tree)")
+            raise DataError(
+                f"data.root {root}: not a folder (expected the KITTI raw tree, with the "
+                "2011_09_26/ ... date folders); set data.root, e.g. --set data.root=/data/kitti_raw"
+            )
         return root
     if data.root is not None:
         root = Path(data.root)
@@ -287,9 +290,11 @@ def _intrinsics(lines: Sequence[kitti.SplitLine], root: Path) -> dict[tuple[str,
 
 
 def resolve_workers(value: int | str) -> int:
-    """data.num_workers: 'auto' -> min(8, cpu_count - 1) (0 on a single core)."""
+    """data.num_workers: 'auto' -> min(8, the CPUs this process may use - 1) (0 on a single
+    core). A sweep trial resolves 'auto' within its resources.cpu before it gets here
+    (depthcore.trials.with_trial_cpus)."""
     if value == "auto":
-        return max(0, min(8, (os.cpu_count() or 1) - 1))
+        return max(0, min(8, len(os.sched_getaffinity(0)) - 1))
     return int(value)
 
 
