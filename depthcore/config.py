@@ -319,6 +319,15 @@ class EvalConfig(_Section):
     every_epoch: bool = Field(True, description="evaluate after every epoch (learning curves)")
     max_images: int | None = Field(None, ge=1, description="evaluate only the first N images")
     save_predictions: int = Field(4, ge=0, description="test disparities kept for figures")
+    objective: Literal["test", "val"] = Field(
+        "test",
+        description="what the per-epoch evaluation (learning curves, a sweep's selection and "
+        "early stopping) scores: the test split, or held-out validation frames of the training "
+        "split (docs/faithfulness.md)",
+    )
+    val_images: int = Field(
+        200, ge=1, description="objective val: validation frames scored after every epoch"
+    )
 
     @field_validator("scales")
     @classmethod
@@ -375,7 +384,27 @@ class Config(_Section):
         """
         d = self._training_identity()
         d["recipe"] = RECIPE_VERSION
+        if self.eval.objective == "val":
+            d["validation"] = self.validation_identity()
         return d
+
+    def validation_identity(self) -> dict[str, Any]:
+        """What the per-epoch validation records of `eval.objective: val` depend on: the frame
+        count, the Eigen protocol's keys and the validation recipe (`VALIDATION_RECIPE_VERSION`,
+        which fixes how the frames are chosen and their ground truth made). Part of the run id
+        (and only with objective val, so runs scored on the test split keep their ids): those
+        records decide early stopping, so a stopped run is only ever continued under the same
+        validation, and its curve is never a mix of two."""
+        ev = self.eval
+        return {
+            "images": ev.val_images,
+            "min_depth": ev.min_depth,
+            "max_depth": ev.max_depth,
+            "median_scaling": ev.median_scaling,
+            "garg_crop": ev.garg_crop,
+            "post_process": ev.post_process,
+            "recipe": VALIDATION_RECIPE_VERSION,
+        }
 
     def run_id(self) -> str:
         """Content hash of `identity()`: the run folder's name in the results store."""
@@ -403,7 +432,7 @@ class Config(_Section):
         the eval keys in the run id): how folders written by that version are recognised."""
         d = self._training_identity()
         ev = self.to_dict()["eval"]
-        for key in ("batch_size", "every_epoch", "save_predictions"):
+        for key in ("batch_size", "every_epoch", "save_predictions", *_VALIDATION_KEYS):
             ev.pop(key)
         for key in ("split_dir", "gt_path"):
             ev[key] = self._location(ev, "eval", key)
@@ -445,6 +474,10 @@ RECIPE_VERSION = 3
 # what an evaluation computes for the same trained networks and eval keys (1: the evaluation of
 # recipe 3, now with its own id).
 EVAL_RECIPE_VERSION = 1
+# The validation recipe's version, part of the run id of every run with eval.objective: val:
+# raise it whenever a change alters which frames are validated or their ground truth
+# (depthcore/data/validation.py), so stopped runs are never continued under another validation.
+VALIDATION_RECIPE_VERSION = 1
 # The recipe of the results whose run ids still hashed the eval keys (Config.legacy_run_id).
 _LEGACY_RECIPE_VERSION = 3
 
@@ -462,9 +495,12 @@ _NON_IDENTITY_KEYS = (
     ("train", "host_memory"),
     ("train", "log_every"),
 )
+# The per-epoch objective's keys: part of the run id with objective val (validation_identity),
+# never of an evaluation's, which scores the test split whatever they say.
+_VALIDATION_KEYS = ("objective", "val_images")
 # eval keys that change no metric of an evaluation (every_epoch: the learning curves, a record
 # of training): no part of the evaluation id.
-_EVAL_NON_IDENTITY_KEYS = ("batch_size", "every_epoch", "save_predictions")
+_EVAL_NON_IDENTITY_KEYS = ("batch_size", "every_epoch", "save_predictions", *_VALIDATION_KEYS)
 
 # What `None` means for KITTI (the bundled Monodepth2 splits), so explicit and implicit agree.
 _KITTI_DEFAULT_SPLITS = {("data", "split_dir"): "eigen_zhou", ("eval", "split_dir"): "eigen"}

@@ -6,7 +6,8 @@ points and persists the run's cost (all segments) to `cost.json` in the run fold
 segment's time is known from its last "seen" time. Definitions (docs/compute.md):
 
 - wall_s: sum over segments of (last seen - start); setup_s + train_s + eval_s <= wall_s.
-- lost_s: in segments that ended early, the time after their last checkpoint (redone on resume).
+- lost_s: in segments that ended early, the time after their last checkpoint (redone on resume);
+  none in a segment a sweep's scheduler stopped (at a checkpoint, by design).
 - share: the fraction of the device the run held (Ray's resources.gpu, or CPU cores / machine).
 - device_hours = wall_s x share / 3600.
 
@@ -29,7 +30,7 @@ from depthcore.errors import ConfigError
 
 PHASES = ("setup", "train", "eval")
 # How a segment ended; "running" in a file read back at resume means its process was killed.
-ENDS = ("running", "finished", "interrupted", "failed", "killed")
+ENDS = ("running", "finished", "stopped", "interrupted", "failed", "killed")
 
 
 @dataclass
@@ -52,8 +53,9 @@ class Segment:
 
     @property
     def lost_s(self) -> float:
-        """Work after the last checkpoint, redone on resume; none for a finished segment."""
-        if self.end in ("running", "finished"):
+        """Work after the last checkpoint, redone on resume; none for a finished segment, nor
+        for one a sweep's scheduler stopped (at a checkpoint, with nothing to redo)."""
+        if self.end in ("running", "finished", "stopped"):
             return 0.0
         since = self.checkpoint_at if self.checkpoint_at is not None else self.started
         return max(0.0, self.last_seen - since)

@@ -32,9 +32,11 @@ from depthcore.cost import (
 from depthcore.cudagraph import GraphedStep, set_learning_rate
 from depthcore.data import (
     DataPaths,
+    build_frames_loader,
     build_test_loader,
     build_train_loader,
     load_gt_depths,
+    prepare_validation,
     resolve_data,
 )
 from depthcore.data.augment import apply_jitter
@@ -390,10 +392,20 @@ class _Run:
     report: ReportFn | None
     progress_bar: bool
     gts: list[np.ndarray]  # loaded and counted against the test split at setup
+    val: _Validation | None  # eval.objective=val: the per-epoch evaluation's frames
     meter: CostMeter
     board: RunBoard
     first_step: int  # the step this segment resumed from
     acct: _Accounting
+
+
+@dataclass
+class _Validation:
+    """eval.objective=val: the validation frames (depthcore.data.validation) and their ground
+    truth, loaded at setup like the test split's."""
+
+    lines: list[Any]
+    gts: list[np.ndarray]
 
 
 @dataclass
@@ -452,14 +464,25 @@ def train(
             return _run(run)
         except BaseException as exc:
             # Ctrl-C and Ray stopping a trial (SystemExit) interrupt a run; they are no failure.
+            # A stop a sweep's scheduler decided (its stopped.json names this epoch) ends the
+            # segment at its checkpoint: nothing to redo.
             stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            acct.close("interrupted" if stopped else "failed")
+            end = "failed"
+            if stopped:
+                end = "stopped" if _stopped_at(run_dir, run) else "interrupted"
+            acct.close(end)
             if not stopped:  # a failed final evaluation: in its folder, the run is trained
                 where = store.error_path(run_dir, cfg.eval_id()).parent
                 _record_error(where, exc, run.prog.step if run is not None else None)
             raise
         finally:
             acct.close("finished")  # a no-op after _finish or the line above closed both
+
+
+def _stopped_at(run_dir: Path, run: _Run | None) -> bool:
+    """Whether a sweep's scheduler stopped this run at the epoch it has just checkpointed."""
+    record = store.read_stopped(run_dir)
+    return record is not None and run is not None and record["epoch"] == run.prog.epoch
 
 
 def _evaluated(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -564,12 +587,19 @@ def _setup(
         prog = load_checkpoint(run_dir, rt, optimizer, known)
     store.truncate_metrics(run_dir / store.METRICS_FILE, prog.step)
     gts = load_gt_depths(paths.gt_path, paths.test_files)  # checked now, not after an epoch
+    val = _validation(cfg, paths) if cfg.eval.objective == "val" else None
     step = make_step(rt, optimizer)
     acct.board = RunBoard(events_dir(run_dir, acct.label, cfg.run_id()), prog.step, cfg.to_yaml())
     return _Run(
-        cfg, run_dir, rt, optimizer, step, paths, prog, report, progress, gts,
+        cfg, run_dir, rt, optimizer, step, paths, prog, report, progress, gts, val,
         meter=acct.meter, board=acct.board, first_step=prog.step, acct=acct,
     )  # fmt: skip
+
+
+def _validation(cfg: Config, paths: DataPaths) -> _Validation:
+    """The validation frames and their ground truth (exported once per data root, cached)."""
+    found = prepare_validation(cfg, paths)
+    return _Validation(found.lines, load_gt_depths(found.gt_path, found.split_file))
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -621,6 +651,9 @@ def _run(run: _Run) -> dict[str, Any]:
             f"optim.batch_size={cfg.optim.batch_size} is larger than the training split "
             f"({len(loader.dataset)} samples); lower it"
         )
+    # A run a sweep's scheduler stopped continues here (a promotion, or a sweep that needs it
+    # trained): from its checkpoint, so no epoch is trained twice.
+    store.clear_stopped(run.run_dir)
     while run.prog.epoch < cfg.train.epochs:
         record = _train_epoch(run, loader, steps_per_epoch)
         _end_epoch(run, record)
@@ -705,27 +738,36 @@ def _progress_bar(run: _Run, steps: int) -> Any:
 
 
 def _end_epoch(run: _Run, record: dict[str, Any]) -> None:
+    """The epoch's evaluation (the test split, or with eval.objective=val the validation
+    frames: a "val" record of its own), its records, the checkpoint, then the report."""
     cfg, prog = run.cfg, run.prog
+    split = cfg.eval.objective
     metrics: dict[str, float] = {}
+    images = 0
     board = run.board
     if cfg.eval.every_epoch or prog.epoch == cfg.train.epochs:
         run.meter.phase("eval")
-        evaluation, preds = _evaluate(run, scales=(0,), keep=IMAGES)
+        evaluation, preds = _evaluate_epoch(run)
         run.meter.phase(None)
-        metrics = evaluation.metrics_by_scale[0]
-        board.disparities(prog.step, preds.disp.get(0, []), preds.index)
-    board.epoch(prog.step, record, metrics)
+        metrics, images = evaluation.metrics_by_scale[0], evaluation.n_images
+        board.disparities(prog.step, preds.disp.get(0, []), preds.index, split)
+    board.epoch(prog.step, record, metrics, split)
     line = {
         "type": "epoch",
         "epoch": prog.epoch,
         "step": prog.step,
         "time_s": round(prog.elapsed_s, 3),
         **record,
-        **metrics,
+        **(metrics if split == "test" else {}),
     }
-    # The line before the checkpoint: a crash between the two resumes from the previous
-    # checkpoint, which drops the line and logs it again (the other order would lose it).
+    # The lines before the checkpoint: a crash between the two resumes from the previous
+    # checkpoint, which drops the lines and logs them again (the other order would lose them).
     store.append_jsonl(run.run_dir / store.METRICS_FILE, line)
+    validated = {}
+    if split == "val" and metrics:
+        validated = {f"val_{k}": v for k, v in metrics.items()}
+        val = {"type": "val", "epoch": prog.epoch, "step": prog.step, **metrics}
+        store.append_jsonl(run.run_dir / store.METRICS_FILE, {**val, "n_images": images})
     cost = {"type": "cost", "epoch": prog.epoch, "step": prog.step, **_account(run)}
     store.append_jsonl(run.run_dir / store.METRICS_FILE, cost)
     ckpt_dir = save_checkpoint(run.run_dir, run.rt, run.optimizer, prog)
@@ -735,9 +777,26 @@ def _end_epoch(run: _Run, record: dict[str, Any]) -> None:
         shown = ", ".join(
             f"{k} {metrics[k]:.4f}" for k in ("abs_rel", "rmse", "a1") if k in metrics
         )
-        print(f"epoch {prog.epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f} {shown}")
+        on = " (validation)" if split == "val" and shown else ""
+        print(f"epoch {prog.epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f} {shown}{on}")
     if run.report is not None:
-        run.report({**line, "checkpoint_dir": str(ckpt_dir)})
+        run.report({**line, **validated, "checkpoint_dir": str(ckpt_dir)})
+
+
+def _evaluate_epoch(run: _Run) -> tuple[Evaluation, Predictions]:
+    """Scale 0 on the test split, or on the validation frames (eval.objective=val)."""
+    if run.val is None:
+        return _evaluate(run, scales=(0,), keep=IMAGES)
+    return evaluate_model(
+        run.rt.models,
+        build_frames_loader(run.cfg, run.paths, run.val.lines),
+        run.val.gts,
+        model_cfg=run.cfg.model,
+        eval_cfg=run.cfg.eval,
+        scales=(0,),
+        device=run.rt.device,
+        keep=IMAGES,
+    )
 
 
 def _evaluate(run: _Run, scales: tuple[int, ...], keep: int) -> tuple[Evaluation, Predictions]:

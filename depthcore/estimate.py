@@ -62,8 +62,11 @@ CALIBRATE_STEPS, CALIBRATE_WARMUP = 8, 2
 EVAL_IMAGE_FRACTION = 0.15
 TIMINGS = ("step_s", "eval_s", "setup_s", "epoch_s")
 SOURCES = ("finished runs", "calibration", "unknown")
+# Run statuses with nothing left to spend: finished, or stopped early by the sweep's own
+# scheduler (left as it is until --promote).
+DONE = ("finished", "stopped")
 Out = Callable[[str], None]
-Work = tuple[int, int, int]  # a run's training steps, evaluation passes, epochs
+Work = tuple[int, float, int]  # a run's training steps, evaluation passes, epochs
 
 
 def device_share(resources: Resources, cpus: int | None = None) -> float:
@@ -149,9 +152,28 @@ def train_steps(cfg: Config) -> int | None:
     return cfg.train.epochs * per_epoch
 
 
-def eval_passes(cfg: Config) -> int:
-    """Evaluations of the test split: one per epoch with eval.every_epoch, plus the final one."""
-    return (cfg.train.epochs if cfg.eval.every_epoch else 0) + 1
+def validation_images(cfg: Config) -> int | None:
+    """eval.objective=val: the validation frames of a pass, at most (eval.val_images, or the
+    split's val_files.txt when shorter)."""
+    if cfg.data.dataset == "kitti":
+        count = _lines(_split_dir(cfg, "eigen_zhou") / "val_files.txt")
+    else:
+        from depthcore.data.synthetic import split_sizes
+
+        count = split_sizes(cfg.data.synthetic)["val"]
+    return None if count is None else min(count, cfg.eval.val_images)
+
+
+def eval_passes(cfg: Config) -> float:
+    """Evaluations, in passes over the test split: one per epoch with eval.every_epoch, plus
+    the final one; with eval.objective=val the per-epoch passes score the validation frames,
+    each the fraction validation frames / test images of a test pass."""
+    per_epoch: float = cfg.train.epochs if cfg.eval.every_epoch else 0
+    if cfg.eval.objective == "val":
+        val, test = validation_images(cfg), test_images(cfg)
+        if val is not None and test:
+            per_epoch *= val / test
+    return per_epoch + 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,7 +394,7 @@ class SweepEstimate:
 
     @property
     def remaining(self) -> list[RunEstimate]:
-        return [r for r in self.runs if r.status != "finished"]
+        return [r for r in self.runs if r.status not in DONE]
 
     @property
     def known(self) -> bool:
@@ -451,8 +473,10 @@ def estimate_sweep(
         key = shape_key(cost_shape(cfg, kind))
         run_dir = store.run_path(results, run_id)
         status = store.run_status(run_dir)
+        if status == "stopped" and not store.stopped_by(run_dir, sweep.name):
+            status = "interrupted"  # stopped by another sweep: this one trains it on
         rate = rates.get(key)
-        if rate is None and status != "finished":
+        if rate is None and status not in DONE:
             unknown.setdefault(key, cost_shape(cfg, kind))
         run = _run_estimate(group[0], status, rate, run_dir, share)
         run.round, run.shape, run.work = rounds.get(run_id, 0), key, run_work(cfg)
@@ -524,9 +548,9 @@ def _run_estimate(
     trial: Trial, status: str, rate: Rate | None, run_dir: Path, share: float
 ) -> RunEstimate:
     source = rate.source if rate is not None else "unknown"
-    if status == "finished" or rate is None:
+    if status in DONE or rate is None:
         whole = rate.run_seconds(trial.config) if rate is not None else None
-        hours = 0.0 if status == "finished" else None
+        hours = 0.0 if status in DONE else None
         return RunEstimate(trial.trial_id, trial.run_id, status, hours, whole, source)
     done = ((store.read_cost(run_dir) or {}).get("samples") or 0) // trial.config.optim.batch_size
     left = rate.run_seconds(trial.config, done)

@@ -44,6 +44,7 @@ __all__ = [
     "is_local",
     "pending_work",
     "preflight",
+    "promote_lines",
 ]
 
 Out = Callable[[str], None]
@@ -111,7 +112,7 @@ def preflight(sweep: Sweep, opts: Options, out: Out = print) -> Start:
         out("\n".join([*_plan(sweep, trials, opts.results), *estimate_lines(est, kind)]))
     else:
         out("\n".join(estimate_lines(est, kind, per_run=False)))
-    work = pending_work(opts.results, trials)
+    work = pending_work(opts.results, trials, sweep.name)
     budget_check = (budget, _budget_flag(sweep, opts)) if opts.only is None else None
     configs = ([t.config for t in work.train], [t.config for t in work.evaluate])
     checks = _checks(sweep, opts, configs, est, budget_check)
@@ -157,7 +158,7 @@ def _plan(sweep: Sweep, trials: Sequence[Trial], results: str) -> list[str]:
         t.trial_id: store.run_status(store.run_path(results, t.run_id), t.eval_id) for t in trials
     }
     sure = first_runs(sweep, trials)  # a race: the runs of its first look
-    work = pending_work(results, [t for t in trials if t.run_id in sure]).line()
+    work = pending_work(results, [t for t in trials if t.run_id in sure], sweep.name).line()
     if sweep.file.adaptive is not None:
         work += " before the race's first look"
     return [*plan_lines(sweep, trials, statuses), work]
@@ -299,21 +300,28 @@ class Work:
     train: list[Trial]  # one trial per run to train (its evaluation comes with it)
     evaluate: list[Trial]  # one trial per other evaluation left: of trained runs, no training
     done: int  # trials whose evaluation is recorded
+    stopped: list[Trial] = field(default_factory=list)  # stopped early by this sweep: left be
 
     def line(self) -> str:
-        return (
+        text = (
             f"{len(self.train)} runs to train, {len(self.evaluate)} to evaluate only "
             f"(trained already), {self.done} trials done"
         )
+        if self.stopped:
+            text += f", {len(self.stopped)} stopped early (--promote continues them)"
+        return text
 
 
-def pending_work(results: str | Path, trials: Sequence[Trial]) -> Work:
+def pending_work(results: str | Path, trials: Sequence[Trial], sweep: str | None = None) -> Work:
     """From the run folders: which runs to train, which evaluations to make without training.
 
     Trials with the same run and evaluation are one piece of work; a second evaluation of a run
-    still to train is an evaluation only (it follows the training)."""
+    still to train is an evaluation only (it follows the training). A run the scheduler of sweep
+    `sweep` stopped is left as it is (`--promote` continues it); one another sweep stopped is
+    trained on from its checkpoint, as this sweep needs it finished."""
     train: dict[str, Trial] = {}
     evaluate: list[Trial] = []
+    stopped: list[Trial] = []
     seen: set[tuple[str, str]] = set()
     done = 0
     for trial in trials:
@@ -323,12 +331,15 @@ def pending_work(results: str | Path, trials: Sequence[Trial]) -> Work:
             continue
         if (trial.run_id, trial.eval_id) in seen:
             continue
+        if store.stopped_by(run_dir, sweep):
+            stopped.append(trial)
+            continue
         seen.add((trial.run_id, trial.eval_id))
         if store.read_trained(run_dir) is None and trial.run_id not in train:
             train[trial.run_id] = trial
         else:
             evaluate.append(trial)
-    return Work(list(train.values()), evaluate, done)
+    return Work(list(train.values()), evaluate, done, stopped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,6 +395,35 @@ def continue_lines(
             return [*lines, f"  ({'; '.join(parts)})"]
     lines.append(f"  to continue, run the same command: {_shell(argv)}")
     return [*lines, f"  ({'; '.join(parts)})"]
+
+
+def promote_lines(
+    sweep: Sweep, statuses: Mapping[str, str], command: Sequence[str] = ()
+) -> list[str]:
+    """After a sweep whose scheduler stopped trials: how many, and the command that trains the
+    best of them to the end (`--promote top:1`, or any trial ids)."""
+    stopped = sum(v == "stopped" for v in statuses.values())
+    if not stopped:
+        return []
+    argv = _without_promote(list(command) or [RUNNER, str(sweep.path or f"{sweep.name}.yaml")])
+    return [
+        f"  {_n(stopped, 'trial')} stopped early by the scheduler (each keeps its checkpoint); "
+        f"to train the best of them to the end: {_shell([*argv, '--promote', 'top:1'])}"
+    ]
+
+
+def _without_promote(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if arg == "--promote":
+            skip = True
+        elif skip and not arg.startswith("--"):
+            continue
+        else:
+            skip = False
+            out.append(arg)
+    return out
 
 
 def _n(count: int, noun: str) -> str:

@@ -14,6 +14,8 @@ Layout (everything under one results folder, default `results/`):
             error.json          why the evaluation failed (present <=> it failed)
         checkpoint/state.pt     the last checkpoint (resume; later evaluations load it)
         error.json              why the training failed (present <=> it failed)
+        stopped.json            a sweep's scheduler stopped the training early (present <=> stopped;
+                                removed when the run continues): epoch, last validation metrics
         faults.log              a sweep trial's failed attempts as Ray reported them (appended)
         lock                    held while a process trains or evaluates the run
         cost.json               what the run cost, per process segment (depthcore.cost)
@@ -75,14 +77,16 @@ PREDICTIONS_FILE = "predictions.npz"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.pt"
 ERROR_FILE = "error.json"
+STOPPED_FILE = "stopped.json"
 FAULTS_FILE = "faults.log"
 LOCK_FILE = "lock"
 
 # predictions.npz: image_index (N,), rgb (N, H, W, 3) uint8, scales (S,), disp (N, S, h, w).
 PREDICTION_ARRAYS = ("image_index", "rgb", "scales", "disp")
 
-# "trained": the run is trained but lacks the evaluation a trial asks for (run_status).
-STATUSES = ("finished", "trained", "failed", "running", "interrupted", "pending")
+# "trained": the run is trained but lacks the evaluation a trial asks for (run_status);
+# "stopped": a sweep's scheduler stopped its training early (stopped.json; --promote continues).
+STATUSES = ("finished", "trained", "stopped", "failed", "running", "interrupted", "pending")
 
 # A lock whose heartbeat is older than this is considered abandoned (its owner died).
 LOCK_STALE_S = 300.0
@@ -347,6 +351,35 @@ def write_error(
     )
 
 
+def write_stopped(run_dir: str | Path, record: Mapping[str, Any]) -> None:
+    """stopped.json: a sweep's scheduler stopped the run after epoch `record["epoch"]` (of
+    `record["epochs"]`), with its last validation metrics; written by the sweep's driver while
+    the trial's worker waits at that epoch's checkpoint, before it is told to stop."""
+    write_json_atomic(Path(run_dir) / STOPPED_FILE, dict(record))
+
+
+def read_stopped(run_dir: str | Path) -> dict[str, Any] | None:
+    """The stop record, None when the run was not stopped (or the record is unreadable)."""
+    record = read_json(Path(run_dir) / STOPPED_FILE)
+    ok = record is not None and isinstance(record.get("epoch"), int)
+    return record if ok else None
+
+
+def stopped_by(run_dir: str | Path, sweep: str | None) -> bool:
+    """Whether the scheduler of sweep `sweep` stopped the run (not trained since): that sweep
+    leaves it as it is until `--promote`; any other sweep continues it."""
+    record = read_stopped(run_dir)
+    if record is None or sweep is None or read_trained(run_dir) is not None:
+        return False
+    return record.get("sweep") == sweep
+
+
+def clear_stopped(run_dir: str | Path) -> None:
+    """The run continues (a promotion, or a sweep that needs it trained): no longer stopped.
+    Only by a process that holds the run's lock."""
+    (Path(run_dir) / STOPPED_FILE).unlink(missing_ok=True)
+
+
 def append_fault(run_dir: str | Path, header: str, text: str) -> Path:
     """Append one failed attempt (a header line, then Ray's error in full) to faults.log, a log
     for people (appended like metrics.jsonl; nothing reads it back). Returns its path."""
@@ -465,7 +498,9 @@ def run_status(run_dir: str | Path, eval_id: str | None = None) -> str:
     """One of STATUSES, from the files alone: the training's status ("finished": trained), or,
     with `eval_id`, a trial's: "finished" only once that evaluation is recorded; a trained run
     without it is "running" while the run's lock is held (being evaluated), "failed" when its
-    evaluation failed, else "trained" (to evaluate)."""
+    evaluation failed, else "trained" (to evaluate). A run a scheduler stopped is "stopped"
+    from the moment the record is written (its worker may still be letting go of the lock)
+    until a process continuing it removes the record."""
     run_dir = Path(run_dir)
     trained = read_trained(run_dir) is not None
     if trained and eval_id is not None:
@@ -478,6 +513,8 @@ def run_status(run_dir: str | Path, eval_id: str | None = None) -> str:
         return "trained"
     if trained:
         return "finished"
+    if read_stopped(run_dir) is not None:
+        return "stopped"
     if lock_is_held(run_dir):
         return "running"
     if (run_dir / ERROR_FILE).exists():

@@ -60,6 +60,7 @@ __all__ = [
     "Range",
     "ReportSpec",
     "Resources",
+    "Scheduler",
     "Search",
     "Sweep",
     "SweepFile",
@@ -70,6 +71,8 @@ __all__ = [
     "load_sweep",
     "plan_lines",
     "run_groups",
+    "rungs",
+    "selection_line",
     "sweep_from_dict",
     "trial_from_params",
 ]
@@ -189,6 +192,17 @@ class AdaptiveSeeds(_Strict):
         return SeedPlan(self.start, self.max)
 
 
+class Scheduler(_Strict):
+    """`scheduler:`: stop trials early on the per-epoch objective (docs/sweeps.md, "Early
+    stopping"). ASHA (Ray Tune's ASHAScheduler, asynchronous successive halving): at each rung,
+    epoch grace_epochs x reduction_factor^k (short of train.epochs), a trial whose value is not
+    in the best 1/reduction_factor of those recorded at that rung so far stops."""
+
+    type: Literal["asha"] = Field(description="asha: Ray Tune's ASHAScheduler")
+    grace_epochs: int = Field(1, ge=1, description="epochs every trial trains before a stop")
+    reduction_factor: float = Field(3, gt=1, description="rung spacing; 1/rf of trials go on")
+
+
 class Budget(_Strict):
     """`budget:`: the most device-hours the sweep may spend (docs/sweeps.md, "Budget")."""
 
@@ -241,6 +255,7 @@ class SweepFile(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0, description="retries of a failed trial (from checkpoint)")
     budget: Budget | None = None
+    scheduler: Scheduler | None = None
     metric: str = "abs_rel"
     mode: Literal["min", "max"] | None = None
     report: ReportSpec = ReportSpec()
@@ -287,6 +302,12 @@ class SweepFile(_Strict):
     def adaptive(self) -> AdaptiveSeeds | None:
         """The race's settings when `seeds: {start, max}`, else None."""
         return self.seeds if isinstance(self.seeds, AdaptiveSeeds) else None
+
+    @property
+    def selects(self) -> bool:
+        """Whether the sweep selects trials while it runs (an optuna search, or a scheduler
+        that stops trials): its per-epoch objective is the validation split by default."""
+        return self.search.method == "optuna" or self.scheduler is not None
 
 
 @dataclass(frozen=True)
@@ -366,7 +387,7 @@ def sweep_from_dict(
             format_validation_error(exc, SweepFile, source=source, lines=lines)
         ) from None
     sweep = Sweep(spec, {}, path, (cwd or Path.cwd()).resolve(), dict(lines or {}))
-    base = _resolve_base(sweep, spec.base)
+    base = _select_on_validation(spec, _resolve_base(sweep, spec.base))
     _build(sweep, base, "base")
     _check_overrides(sweep, overrides)
     sweep = Sweep(spec, apply_overrides(base, overrides), path, sweep.cwd, sweep.lines)
@@ -376,9 +397,58 @@ def sweep_from_dict(
     _validate_axes(sweep)
     trials = expand(sweep)  # builds (and so validates) every trial's config
     _check_race_evaluations(sweep, trials)
+    _check_scheduled_trials(sweep, trials)
     _check_report_columns(sweep, trials)
     _check_loss_plugins(sweep, trials)
     return sweep
+
+
+def _select_on_validation(spec: SweepFile, base: dict[str, Any]) -> dict[str, Any]:
+    """A sweep that selects (search: optuna, or a scheduler) scores its per-epoch objective on
+    the validation frames unless its base sets eval.objective: choosing among many trials on
+    the test images would make the chosen one's test numbers optimistic."""
+    if not spec.selects or "objective" in (base.get("eval") or {}):
+        return base
+    return deep_merge(base, {"eval": {"objective": "val"}})
+
+
+def _check_scheduled_trials(sweep: Sweep, trials: Sequence[Trial]) -> None:
+    """A scheduler compares the trials' per-epoch objective at the same epochs of the same
+    schedule: every trial needs a value every epoch, one length and one objective."""
+    spec = sweep.file.scheduler
+    if spec is None:
+        return
+    fixed = ("train.epochs", "eval.objective", "eval.every_epoch", "eval.val_images")
+    for key in sweep.file.search.space:
+        if key in fixed:
+            raise ConfigError(
+                f"{sweep.where('search', 'space', key)}: a scheduler compares trials at the "
+                f"same epochs of one schedule on one objective; {key} cannot be searched with "
+                "scheduler: (set it in base)"
+            )
+    configs = [t.config for t in trials] or [_build(sweep, sweep.base, "base")]
+    every = next((c for c in configs if not c.eval.every_epoch), None)
+    if every is not None:
+        raise ConfigError(
+            f"{sweep.where('scheduler')}: eval.every_epoch is false, so there is no per-epoch "
+            "value to stop trials on; set eval.every_epoch: true (or remove scheduler:)"
+        )
+    for key, values in (
+        ("train.epochs", {c.train.epochs for c in configs}),
+        ("eval.objective", {c.eval.objective for c in configs}),
+    ):
+        if len(values) > 1:
+            raise ConfigError(
+                f"{sweep.where('scheduler')}: the trials set {key} to {sorted(values)}; a "
+                f"scheduler compares trials at the same epochs of one schedule, so give {key} "
+                "in base only"
+            )
+    epochs = configs[0].train.epochs
+    if spec.grace_epochs >= epochs:
+        raise ConfigError(
+            f"{sweep.where('scheduler', 'grace_epochs')}: {spec.grace_epochs} is not below "
+            f"train.epochs ({epochs}), so no trial could ever be stopped; lower it"
+        )
 
 
 def _check_report_columns(sweep: Sweep, trials: Sequence[Trial]) -> None:
@@ -513,6 +583,7 @@ def _validate_keys(sweep: Sweep) -> None:
             f"{sweep.where('trials', baselines[1], 'role')}: a second baseline (the first is "
             f"trials item {baselines[0] + 1}); the report compares every row with one baseline"
         )
+    _validate_scheduler(sweep)
     if spec.search.method == "optuna":
         _validate_optuna(sweep)
     elif not spec.trials and not spec.grid:
@@ -604,6 +675,34 @@ def _check_race_evaluations(sweep: Sweep, trials: Sequence[Trial]) -> None:
                 "same run and differ only in eval.* keys; adaptive seeds race trainings, so give "
                 "the eval keys in base (or race without them and re-evaluate afterwards)"
             )
+
+
+def _validate_scheduler(sweep: Sweep) -> None:
+    """Early stopping only where no design needs every trial to finish: a search, or listed
+    trials with one seed each."""
+    spec = sweep.file
+    if spec.scheduler is None:
+        return
+    if spec.grid:
+        raise ConfigError(
+            f"{sweep.where('scheduler')}: a grid cannot be stopped early: a pruned grid is no "
+            "longer a factorial design (the stopped points would be missing from it, and not at "
+            "random), so its edge distribution and main-effect tests would be biased; remove "
+            "scheduler: (or list the trials under trials:, or search with search: optuna)"
+        )
+    if spec.adaptive is not None:
+        raise ConfigError(
+            f"{sweep.where('scheduler')}: adaptive seeds race finished runs: a seed the "
+            "scheduler stopped would leave its configuration's seeds to the lucky ones and the "
+            "race's error rate would no longer hold; remove scheduler: or seeds: {start, max}"
+        )
+    if isinstance(spec.seeds, list) and len(spec.seeds) > 1:
+        raise ConfigError(
+            f"{sweep.where('scheduler')}: with {len(spec.seeds)} seeds per configuration the "
+            "scheduler would stop a configuration's unlucky seeds and keep its lucky ones, so "
+            "its finished seeds would overstate it; give one seed (seeds: [1234]) or remove "
+            "scheduler:"
+        )
 
 
 def _validate_optuna(sweep: Sweep) -> None:
@@ -864,6 +963,8 @@ def plan_lines(
     if len(first) != len(trials):
         lines.append(f"({len(first)} distinct runs: trials with the same config train once)")
     lines.append(f"{len(trials)} trials")
+    if sweep.file.scheduler is not None and trials:
+        lines.append(selection_line(sweep, trials[0].config))
     race = sweep.file.adaptive
     if race is not None:
         lines.append(
@@ -871,6 +972,36 @@ def plan_lines(
             f"{sweep.file.metric}): at least {len(sure)} runs, at most {len(first)}"
         )
     return lines
+
+
+def rungs(scheduler: Scheduler, epochs: int) -> list[int]:
+    """The epochs at which ASHA judges a trial: grace x rf^k as Ray's ASHAScheduler lays its
+    rungs out for max_t = epochs (a rung between two epochs is judged at the next one), short of
+    the last epoch (a trial that trained every epoch only has its final evaluation left)."""
+    grace, rf = scheduler.grace_epochs, scheduler.reduction_factor
+    count = int(math.log(epochs / grace) / math.log(rf) + 1)
+    found = sorted({math.ceil(grace * rf**k - 1e-9) for k in range(count)})
+    return [epoch for epoch in found if epoch < epochs]
+
+
+def selection_line(sweep: Sweep, base: Config) -> str:
+    """What the sweep selects on and how it stops trials, for --dry-run and the runner."""
+    spec = sweep.file
+    ev = base.eval
+    split = (
+        f"validation ({ev.val_images} frames of val_files.txt at most, after every epoch)"
+        if ev.objective == "val"
+        else "the test split (its selected trials' test numbers are optimistic)"
+    )
+    line = f"objective: {spec.resolved_mode} {spec.metric} on {split}"
+    if spec.scheduler is None:
+        return line + "; no early stopping"
+    at = ", ".join(str(e) for e in rungs(spec.scheduler, base.train.epochs)) or "none"
+    return (
+        f"{line}; early stopping: ASHA (grace_epochs {spec.scheduler.grace_epochs}, "
+        f"reduction_factor {spec.scheduler.reduction_factor:g}) judges trials at epochs {at} "
+        f"of {base.train.epochs}"
+    )
 
 
 def first_runs(sweep: Sweep, trials: Sequence[Trial]) -> set[str]:
@@ -890,4 +1021,5 @@ def _optuna_plan(sweep: Sweep) -> list[str]:
     ]
     lines += [f"  {key} ~ {rng.describe()}" for key, rng in search.space.items()]
     lines.append(f"{search.n_trials} trials")
+    lines.append(selection_line(sweep, _build(sweep, sweep.base, "base")))
     return lines

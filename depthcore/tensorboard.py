@@ -52,14 +52,21 @@ class RunBoard:
             self.writer.add_scalar(f"train/{name}", float(value), step)
         self.writer.add_scalar("train/lr", lr, step)
 
-    def epoch(self, step: int, record: dict[str, Any], metrics: dict[str, float]) -> None:
+    def epoch(
+        self, step: int, record: dict[str, Any], metrics: dict[str, float], split: str = "test"
+    ) -> None:
+        """The epoch's train loss and the per-epoch evaluation's metrics, under `split` (test,
+        or val with eval.objective=val)."""
         self.writer.add_scalar("train/epoch_loss", record["train_loss"], step)
         for name, value in metrics.items():
-            self.writer.add_scalar(f"test/{name}", value, step)
+            self.writer.add_scalar(f"{split}/{name}", value, step)
 
-    def disparities(self, step: int, disps: list[np.ndarray], index: list[int]) -> None:
+    def disparities(
+        self, step: int, disps: list[np.ndarray], index: list[int], split: str = "test"
+    ) -> None:
         for disp, i in zip(disps[:IMAGES], index, strict=False):
-            self.writer.add_image(f"disparity/test_{i}", _normalised(disp), step, dataformats="HW")
+            image = _normalised(disp)
+            self.writer.add_image(f"disparity/{split}_{i}", image, step, dataformats="HW")
 
     def flush(self) -> None:
         self.writer.flush()

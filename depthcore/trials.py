@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from depthcore import store
+from depthcore.config import config_from_dict
 from depthcore.errors import ConfigError, TrainingError
 from depthcore.estimate import SweepEstimate, index_record
 from depthcore.preflight import Work, check_data, check_sweep_name, pending_work
@@ -87,6 +88,11 @@ class SweepIndex:
         self.estimate = old.get("estimate")
         # eval id -> the settings it hashes, for the index's `evaluations`
         self.evaluations: dict[str, Any] = {}
+        # The trials' eval.objective (what the per-epoch evaluation, a search and a scheduler
+        # score): the index's `objective` when they share one.
+        self.objectives: set[str] = set()
+        if sweep.file.search.method == "optuna":
+            self.objectives.add(str(config_from_dict(sweep.base).eval.objective))
         if sweep.file.search.method == "optuna":
             self.swept = list(sweep.file.search.space)
             for entry in old.get("trials") or []:
@@ -105,8 +111,11 @@ class SweepIndex:
 
     def add(self, trial: Trial, status: str | None = None) -> None:
         status = status or store.run_status(self.run_dir(trial.run_id), trial.eval_id)
-        self.entries[trial.trial_id] = index_entry(trial, status)
+        self.entries[trial.trial_id] = _with_stop(
+            index_entry(trial, status), self.run_dir(trial.run_id)
+        )
         self.evaluations[trial.eval_id] = trial.config.eval_identity()
+        self.objectives.add(trial.config.eval.objective)
 
     def run_dir(self, run_id: str) -> Path:
         return store.run_path(self.results, run_id)
@@ -123,6 +132,7 @@ class SweepIndex:
             if run_ids is None or entry["run_id"] in run_ids:
                 run_dir = self.run_dir(entry["run_id"])
                 entry["status"] = store.run_status(run_dir, entry.get("eval_id"))
+                _with_stop(entry, run_dir)
 
     def status_of(self, run_id: str) -> str:
         return next(e["status"] for e in self.entries.values() if e["run_id"] == run_id)
@@ -176,6 +186,10 @@ class SweepIndex:
             "trials": list(self.entries.values()),
             "evaluations": self._named_evaluations(),
         }
+        if len(self.objectives) == 1:
+            index["objective"] = next(iter(self.objectives))
+        if spec.scheduler is not None:
+            index["scheduler"] = spec.scheduler.model_dump()
         if self.estimate is not None:
             index["estimate"] = self.estimate
         if spec.adaptive is not None:
@@ -195,6 +209,21 @@ class SweepIndex:
     def _named_evaluations(self) -> dict[str, Any]:
         named = {e.get("eval_id") for e in self.entries.values()}
         return {k: v for k, v in self.evaluations.items() if k in named}
+
+
+def _with_stop(entry: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A stopped trial's entry says where it stopped: {epoch, epochs, metric: value}."""
+    record = store.read_stopped(run_dir) if entry["status"] == "stopped" else None
+    if record is None:
+        entry.pop("stopped", None)
+        return entry
+    entry["stopped"] = {
+        "epoch": record["epoch"],
+        "epochs": record.get("epochs"),
+        "sweep": record.get("sweep"),
+        **({record["metric"]: record.get("value")} if record.get("metric") else {}),
+    }
+    return entry
 
 
 def _evaluations_replaced(old: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]]) -> bool:
@@ -270,6 +299,12 @@ def execute_trial(
         elif gate is not None and not gate():
             out(f"{trial.trial_id}: {BUDGET_REFUSAL} {trial.run_id} not started")
             return NOT_STARTED
+        stopped = store.read_stopped(run_dir) if not trained else None
+        if stopped is not None:
+            out(
+                f"{trial.trial_id}: run {trial.run_id} was stopped early at epoch "
+                f"{stopped['epoch']}; training it on from its checkpoint"
+            )
         if before_train is not None and not trained:
             before_train(run_dir)
         try:
@@ -372,7 +407,8 @@ class SweepOutcome:
 
     @property
     def exit_code(self) -> int:
-        return 0 if all(s == "finished" for s in self.statuses.values()) else 1
+        """0 when every trial finished or was stopped early by the sweep's scheduler."""
+        return 0 if all(s in ("finished", "stopped") for s in self.statuses.values()) else 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,27 +24,43 @@ import dataclasses
 import functools
 import importlib
 import logging
+import math
 import os
 import re
 import shutil
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import ray
 from ray import tune
 
 from depthcore import store
-from depthcore.config import config_from_dict
+from depthcore.config import Config, config_from_dict
 from depthcore.errors import ConfigError
 from depthcore.estimate import BudgetGate, SweepEstimate, device_share
-from depthcore.preflight import check_data, check_sweep_name, continue_lines
+from depthcore.preflight import (
+    check_data,
+    check_resources,
+    check_sweep_name,
+    continue_lines,
+    promote_lines,
+)
 from depthcore.racing import run_bounds
-from depthcore.sweep import Range, Sweep, Trial, expand, trial_from_params
+from depthcore.stopping import (
+    OBJECTIVE,
+    Promotion,
+    final_objective,
+    objective_curve,
+    objective_value,
+    select_promotions,
+    stop_record,
+)
+from depthcore.sweep import Range, Sweep, Trial, expand, selection_line, trial_from_params
 from depthcore.trials import (
     BUDGET_REFUSAL,
     FAILED_ARM,
@@ -60,7 +76,7 @@ from depthcore.trials import (
     with_trial_cpus,
 )
 
-__all__ = ["SweepOutcome", "ray_session", "run_sweep"]
+__all__ = ["SweepOutcome", "promote_trials", "ray_session", "run_sweep"]
 
 # Set for the driver and every worker before Ray starts.
 RAY_ENV = {
@@ -72,7 +88,10 @@ RAY_ENV = {
     # instead of Tune logging the whole traceback on the console at every attempt.
     "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
 }
-CONNECT_TIMEOUT_S = 10.0  # --address: how long a cluster's head may take to accept a connection
+CONNECT_TIMEOUT_S = 10.0
+# The user attribute of the Optuna trial that tells the study a promoted trial's full-length
+# value (its number: the PRUNED trial it continues); not counted among the study's n_trials.
+PROMOTED = "promoted_from"  # --address: how long a cluster's head may take to accept a connection
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,11 +122,12 @@ def _trainable(config: dict[str, Any], job: _Job) -> None:
     resources = job.sweep.file.resources
     trial = with_trial_cpus(job.trial_for(config), resources.cpu)
     run_dir = store.run_path(job.results, trial.run_id)
+    split, metric = trial.config.eval.objective, job.sweep.file.metric
     final = execute_trial(
         trial,
         run_dir,
         job.train_fn,
-        report=_report_epoch,
+        report=functools.partial(_report_epoch, split=split, metric=metric),
         session_start=job.session_start,
         before_train=_restore_from_ray,
         poll_s=job.poll_s,
@@ -117,7 +137,11 @@ def _trainable(config: dict[str, Any], job: _Job) -> None:
     )
     metrics = {k: v for k, v in (final.get("metrics") or {}).items() if _is_number(v)}
     skipped = {"not_started": 1} if final.get("not_started") else {}
-    tune.report({**metrics, "epoch": final.get("epochs", 0), "final": 1, **skipped})
+    # The search's value of the trial (its last per-epoch objective; objective test: the final
+    # test metric); the scheduler leaves a final report alone.
+    value = None if skipped else final_objective(run_dir, split, metric, final)
+    told = {OBJECTIVE: value} if value is not None else {}
+    tune.report({**metrics, "epoch": final.get("epochs", 0), "final": 1, **skipped, **told})
 
 
 def _worker_out(message: str) -> None:
@@ -126,13 +150,18 @@ def _worker_out(message: str) -> None:
         say(message)
 
 
-def _report_epoch(record: dict[str, Any]) -> None:
+def _report_epoch(record: dict[str, Any], *, split: str, metric: str) -> None:
+    """An epoch to Ray: its numbers, and the objective the scheduler and the search read. A
+    scheduler's stop arrives here as SystemExit, after the driver recorded it (stopped.json)."""
     metrics = {k: v for k, v in record.items() if _is_number(v)}
+    value = objective_value(record, split, metric)
+    if value is not None:
+        metrics[OBJECTIVE] = value
     checkpoint = tune.Checkpoint.from_directory(record["checkpoint_dir"])
     tune.report(metrics, checkpoint=checkpoint)  # copies the checkpoint into Ray's storage now
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -183,8 +212,9 @@ class _Progress(tune.Callback):
             return
         tag, ours = self._trial(trial)
         epochs = ours.config.train.epochs
-        value = result.get(self.job.sweep.file.metric)
-        shown = f"  {self.job.sweep.file.metric} {value:.4f}" if _is_number(value) else ""
+        value = result.get(OBJECTIVE)
+        split = "val " if ours.config.eval.objective == "val" else ""
+        shown = f"  {split}{self.job.sweep.file.metric} {value:.4f}" if _is_number(value) else ""
         self.out(f"{tag} epoch {result.get('epoch')}/{epochs}  {ours.trial_id}{shown}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -199,7 +229,18 @@ class _Progress(tune.Callback):
         self.out(f"{tag} retry   {ours.trial_id}: {what}; {again}; Ray's error in {log}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.job.sweep.file.scheduler is not None:
+            self._record_stop(trial)
         self._ended(trial)
+
+    def _record_stop(self, trial: Any) -> None:
+        """A trial that completes on an epoch's report (not its final one) was stopped by the
+        scheduler: Ray calls this before it tells the trial's worker, which waits at that
+        epoch's checkpoint, to stop (Ctrl-C stops trials without calling it)."""
+        _, ours = self._trial(trial)
+        record = stop_record(self.job.sweep, ours, trial.last_result or {})
+        if record is not None:
+            store.write_stopped(self.index.run_dir(ours.run_id), record)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         _, ours = self._trial(trial)
@@ -227,6 +268,15 @@ class _Progress(tune.Callback):
             self.out(
                 f"{tag} FAILED  {ours.trial_id}: {error.get('type')}: {''.join(first)}  "
                 f"(see {path})"
+            )
+        elif status == "stopped":
+            rec = store.read_stopped(run_dir) or {}
+            value, metric = rec.get("value"), self.job.sweep.file.metric
+            split = "val " if rec.get("objective") == "val" else ""
+            shown = f" ({split}{metric} {value:.4f})" if _is_number(value) else ""
+            self.out(
+                f"{tag} stopped {ours.trial_id}: early, by ASHA at epoch {rec.get('epoch')}/"
+                f"{ours.config.train.epochs}{shown}; --promote trains it to the end"
             )
         elif status == "pending" and trial.trial_id in self.skipped:
             self.out(f"{tag} skipped {ours.trial_id}: budget reached, not started")
@@ -523,16 +573,20 @@ def run_sweep(
     if sweep.file.adaptive is not None:
         return _race(job, opts, trials, estimate)
     index = SweepIndex(sweep, results, trials)
-    work = pending_work(results, trials)
+    work = pending_work(results, trials, sweep.name)
     todo = _todo(index, trials)
     check_data([t.config for t in work.train], address, evaluate=[t.config for t in work.evaluate])
     index.keep_estimate(estimate)
     index.write()
     out(f"{sweep.name}: {len(trials)} trials: {work.line()}")
+    if sweep.file.scheduler is not None and trials:
+        out(f"{sweep.name}: {selection_line(sweep, trials[0].config)}")
     if todo:
         job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
         space = {"trial_id": tune.grid_search([t.trial_id for t in todo])}
-        _run_on_ray(job, opts, index, space)
+        baseline = {t.run_id for t in trials if t.role == "baseline"}
+        scheduler = _scheduler(job, index, trials[0].config, baseline)
+        _run_on_ray(job, opts, index, space, scheduler=scheduler)
     return _summarise(job, opts, index, len(work.train), len(work.evaluate))
 
 
@@ -546,7 +600,7 @@ def _race(
     sweep, out = job.sweep, opts.out
     index = SweepIndex(sweep, Path(job.results), trials)
     state = index.race(trials)
-    work = pending_work(job.results, trials)
+    work = pending_work(job.results, trials, sweep.name)
     check_data(
         [t.config for t in work.train], opts.address, evaluate=[t.config for t in work.evaluate]
     )
@@ -570,7 +624,7 @@ def _race(
         if not todo:  # finished, yet the race cannot read their per-image results
             out(f"{sweep.name}: race halted: finished runs without a readable per_image.csv")
             break
-        work = pending_work(job.results, todo)
+        work = pending_work(job.results, todo, sweep.name)
         out(f"{sweep.name}: race round: {work.line()}")
         round_job = dataclasses.replace(job, trials={t.trial_id: t for t in todo})
         _run_on_ray(round_job, opts, index, {"trial_id": tune.grid_search(list(round_job.trials))})
@@ -622,7 +676,7 @@ def _after_round(
 def _todo(index: SweepIndex, trials: Sequence[Trial]) -> list[Trial]:
     """One trial per unfinished (run, evaluation); runs another process is training, and second
     evaluations of a run to train, go last (they wait for the training)."""
-    work = pending_work(index.results, trials)
+    work = pending_work(index.results, trials, index.sweep.name)
     training = {t.run_id: t for t in work.train}
 
     def last(trial: Trial) -> tuple[bool, bool]:
@@ -639,6 +693,7 @@ def _run_on_ray(
     space: dict[str, Any],
     search_alg: Any = None,
     num_samples: int = 1,
+    scheduler: Any = None,
 ) -> None:
     spec = job.sweep.file
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
@@ -652,6 +707,7 @@ def _run_on_ray(
                 param_space=space,
                 tune_config=tune.TuneConfig(
                     search_alg=search_alg,
+                    scheduler=scheduler,
                     num_samples=num_samples,
                     max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
                     trial_dirname_creator=_trial_dirname,
@@ -712,7 +768,7 @@ def _summarise(
         error = store.read_error(path.parent) or {}
         out(f"  failed: {tid}: {error.get('type')}: {error.get('error')}  -> {path}")
     lines = continue_lines(sweep, Path(job.results), statuses, gate=job.gate, command=opts.command)
-    for line in lines:
+    for line in [*lines, *promote_lines(sweep, statuses, opts.command)]:
         out(line)
     return outcome
 
@@ -734,36 +790,123 @@ def _run_optuna(job: _Job, opts: _Options) -> SweepOutcome:
     remaining = max(n_trials - _prepare_study(journal, sweep, opts.out), 0)
     where = store.optuna_journal_path(results, sweep.name)
     opts.out(f"{sweep.name}: optuna study {where}: {remaining} trials to run")
+    base = config_from_dict(sweep.base)
+    opts.out(f"{sweep.name}: {selection_line(sweep, base)}")
     if remaining:
         search = sweep.file.search
-        searcher = _final_only_optuna()(
-            metric=sweep.file.metric,
+        searcher = _objective_optuna()(
+            metric=OBJECTIVE,
             mode=sweep.file.resolved_mode,
             sampler=TPESampler(seed=search.seed, n_startup_trials=search.n_startup_trials),
             study_name=sweep.name,
             storage=journal,
         )
         space = {key: _domain(rng) for key, rng in search.space.items()}
-        _run_on_ray(job, opts, index, space, searcher, remaining)
+        scheduler = _scheduler(job, index, base)
+        _run_on_ray(job, opts, index, space, searcher, remaining, scheduler)
     return _summarise(job, opts, index, remaining)
 
 
-def _final_only_optuna() -> type:
+def _objective_optuna() -> type:
+    from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
-    class FinalOnlyOptunaSearch(OptunaSearch):
-        """Tells Optuna a trial's final metric only: no pruning on epoch values, and a trial that
-        errored is a FAIL (OptunaSearch would otherwise record its last epoch value)."""
+    class ObjectiveOptunaSearch(OptunaSearch):
+        """Tells Optuna what the sweep selects on (OBJECTIVE): each epoch's value as an
+        intermediate value at step = epoch; a finished trial's final value as COMPLETE; a trial
+        the scheduler stopped as PRUNED, which makes its last intermediate value its value, so
+        TPE learns from it; a trial that errored as FAIL (OptunaSearch would record its last
+        epoch value for the last two, as a COMPLETE trial)."""
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            pass
+            if not result.get("final"):
+                self._intermediate(trial_id, result)
 
         def on_trial_complete(
             self, trial_id: str, result: dict | None = None, error: bool = False
         ) -> None:
-            super().on_trial_complete(trial_id, None if error else result, error)
+            if error or not result:
+                super().on_trial_complete(trial_id, None, error)
+            elif result.get("final"):
+                super().on_trial_complete(trial_id, result if OBJECTIVE in result else None)
+            elif trial_id not in self._completed_trials:
+                # Ray passes no STOP decision's result to on_trial_result: report it first.
+                self._intermediate(trial_id, result)
+                study: Any = self._ot_study
+                study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
 
-    return FinalOnlyOptunaSearch
+        def _intermediate(self, trial_id: str, result: dict) -> None:
+            value, epoch = result.get(OBJECTIVE), result.get("epoch")
+            trial = self._ot_trials.get(trial_id)
+            if trial is not None and _is_number(value) and _is_number(epoch):
+                trial.report(float(value), int(epoch))
+
+    return ObjectiveOptunaSearch
+
+
+# ----------------------------------------------------------------------------------------------
+# Early stopping: Ray Tune's ASHA on the per-epoch objective
+
+
+def _scheduler(job: _Job, index: SweepIndex, base: Config, protected: Collection[str] = ()) -> Any:
+    """Ray Tune's ASHAScheduler on the per-epoch objective (time_attr epoch, the sweep's mode),
+    or None without `scheduler:`. It never stops a trial at its last epoch (only the final
+    evaluation is left), nor the runs in `protected` (the baseline: every verdict needs it),
+    and it starts with the rung values of the sweep's runs recorded before (a rerun, or a
+    search that continues), so a trial is judged against them and a resumed run is not judged
+    again at a rung it passed."""
+    spec = job.sweep.file.scheduler
+    if spec is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    epochs, metric = base.train.epochs, job.sweep.file.metric
+    grace, factor, mode = spec.grace_epochs, spec.reduction_factor, job.sweep.file.resolved_mode
+    sign = -1.0 if mode == "min" else 1.0  # ASHA keeps the largest of sign x value
+    split = base.eval.objective
+    prior = {
+        entry["run_id"]: objective_curve(index.run_dir(entry["run_id"]), split, metric)
+        for entry in index.entries.values()
+    }
+
+    class EpochASHA(ASHAScheduler):
+        def __init__(self) -> None:
+            super().__init__(
+                time_attr="epoch",
+                metric=OBJECTIVE,
+                mode=mode,
+                max_t=epochs,
+                grace_period=grace,
+                reduction_factor=factor,
+            )
+            for milestone, recorded in self._rungs():
+                for run_id, curve in prior.items():
+                    value = curve.get(math.ceil(milestone - 1e-9))
+                    if value is not None:
+                        recorded[f"run:{run_id}"] = sign * value
+
+        def _rungs(self) -> list[tuple[float, dict[str, float]]]:
+            return [rung for bracket in self._brackets for rung in bracket._rungs]
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_add(tune_controller, trial)
+            run_id = job.trial_for(trial.config).run_id
+            for _, recorded in self._rungs():  # the run's own earlier values: rungs it passed
+                if f"run:{run_id}" in recorded:
+                    recorded[trial.trial_id] = recorded.pop(f"run:{run_id}")
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            epoch = result.get("epoch")
+            if result.get("final") or not _is_number(epoch) or epoch >= epochs:
+                return TrialScheduler.CONTINUE
+            decision = super().on_trial_result(tune_controller, trial, result)
+            stop = decision == TrialScheduler.STOP
+            if stop and protected and job.trial_for(trial.config).run_id in protected:
+                return TrialScheduler.CONTINUE
+            return str(decision)
+
+    return EpochASHA()
 
 
 def _journal(results: Path, name: str) -> Any:
@@ -787,6 +930,8 @@ def _prepare_study(storage: Any, sweep: Sweep, out: Out) -> int:
         return 0
     spent = 0
     for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(PROMOTED):
+            continue  # a stopped trial's full-length value, told after --promote
         if trial.state == TrialState.RUNNING:
             storage.set_trial_user_attr(trial._trial_id, "requeued", True)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -803,3 +948,82 @@ def _domain(rng: Range) -> Any:
     if rng.uniform is not None:
         return tune.uniform(*rng.uniform)
     return tune.loguniform(*(rng.loguniform or []))
+
+
+# ----------------------------------------------------------------------------------------------
+# --promote: stopped trials trained to full length
+
+
+def promote_trials(
+    sweep: Sweep,
+    results: str | Path,
+    keys: Sequence[str],
+    *,
+    train_fn: TrainFn | None = None,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    dashboard: bool = True,
+    storage: str | None = None,
+    poll_s: float = LOCK_POLL_S,
+    out: Out = say,
+    command: Sequence[str] = (),
+) -> SweepOutcome:
+    """Train the stopped trials `keys` names (ids, or `top:K`: depthcore.stopping) to full
+    length on Ray, each from its run's checkpoint: no epoch is trained twice, no scheduler
+    stops them, and on CPU each ends bit for bit where an unstopped run would. An optuna
+    sweep's study is then told each one's full-length value as a new COMPLETE trial (the PRUNED
+    one stays). A ConfigError (exit 2), before anything is written, names a key that is no
+    stopped trial of the sweep."""
+    results = Path(results).resolve()
+    check_sweep_name(sweep, results)
+    chosen = select_promotions(sweep, results, keys)
+    check_resources(sweep, address)
+    check_data([p.trial.config for p in chosen], address)
+    optuna = sweep.file.search.method == "optuna"
+    index = SweepIndex(sweep, results, [] if optuna else expand(sweep))
+    index.refresh()
+    index.write()
+    out(f"{sweep.name}: promoting {len(chosen)} trials stopped early, to full length:")
+    for promotion in chosen:
+        out(promotion.line())
+    trials = {p.trial.trial_id: p.trial for p in chosen}
+    job = _Job(sweep, trials, str(results), train_fn or engine_train(), time.time(), poll_s)
+    opts = _Options(address, max_concurrent, dashboard, storage, out, tuple(command))
+    _run_on_ray(job, opts, index, {"trial_id": tune.grid_search(list(trials))})
+    if optuna:
+        _tell_promoted(sweep, results, chosen, out)
+    outcome = _summarise(job, opts, index, len(chosen))
+    promoted = {t: outcome.statuses.get(t, "missing") for t in trials}
+    return dataclasses.replace(outcome, statuses=promoted)
+
+
+def _tell_promoted(sweep: Sweep, results: Path, chosen: Sequence[Promotion], out: Out) -> None:
+    """Each promoted trial's full-length value to the study, as a COMPLETE trial with the
+    PRUNED trial's values (user attribute PROMOTED: that trial's number)."""
+    import optuna
+
+    storage = _journal(results, sweep.name)
+    study = optuna.load_study(study_name=sweep.name, storage=storage)
+    pruned = {
+        trial_from_params(sweep, t.params).run_id: t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == optuna.trial.TrialState.PRUNED
+    }
+    for promotion in chosen:
+        trial, run_dir = promotion.trial, store.run_path(results, promotion.trial.run_id)
+        final = store.read_evaluation(run_dir, trial.eval_id)
+        found = pruned.get(trial.run_id)
+        if final is None or found is None:
+            continue
+        value = final_objective(run_dir, trial.config.eval.objective, sweep.file.metric, final)
+        if value is None:
+            continue
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=found.params,
+                distributions=found.distributions,
+                value=value,
+                user_attrs={PROMOTED: found.number},
+            )
+        )
+        out(f"  optuna: trial {found.number} (pruned) trained to the end: {value:.4f}")

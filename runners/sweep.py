@@ -6,8 +6,10 @@ interrupted ones continue from their checkpoints; trained runs asked for another
 RESULTS/sweeps/<name>.yaml. Exit code 0 when every run finished, 1 if any failed or is unfinished,
 2 where the pre-flight stops it before anything is written: a bad sweep file, missing KITTI data,
 a budget the estimate exceeds, a sweep name another sweep file uses, resources this machine lacks
-(--dry-run prints every check, and exits 2 where a real start would stop). Reference:
-docs/sweeps.md, "Sweep-file reference" and "Pre-flight".
+(--dry-run prints every check, and exits 2 where a real start would stop). A sweep with a
+scheduler stops trials early; --promote TRIAL... (or --promote top:K) trains stopped trials to
+full length from their checkpoints. Reference: docs/sweeps.md, "Sweep-file reference",
+"Pre-flight" and "Early stopping".
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ def main() -> int:
     add_set_option(parser)
     parser.add_argument("--dry-run", action="store_true", help="list the trials, train nothing")
     parser.add_argument("--only", metavar="TRIAL", help="train one trial in this process, no Ray")
+    parser.add_argument(
+        "--promote",
+        nargs="+",
+        metavar="TRIAL",
+        help="train these trials the scheduler stopped early to full length (ids, or top:K)",
+    )
     parser.add_argument("--address", help="join a Ray cluster (auto, HOST:6379); default: local")
     parser.add_argument("--max-concurrent", type=int, help="override the sweep's max_concurrent")
     parser.add_argument("--no-dashboard", action="store_true", help="local Ray without dashboard")
@@ -54,6 +62,12 @@ def main() -> int:
         parser.error("--budget must be a number of device-hours > 0, e.g. --budget 80")
     if any(n is not None and n < 1 for n in (args.gpus, args.cpus)):
         parser.error("--gpus and --cpus must be >= 1")
+    if args.promote is not None:
+        clash = [f for f, on in (("--only", args.only), ("--calibrate", args.calibrate),
+                                 ("--budget", args.budget is not None)) if on]  # fmt: skip
+        if clash:
+            parser.error(f"--promote trains the stopped trials it names; drop {clash[0]}")
+        return promote(args)
 
     from depthcore.preflight import Options, preflight
     from depthcore.sweep import load_sweep
@@ -92,6 +106,34 @@ def main() -> int:
         budget=start.gate,
         estimate=start.estimate,
         command=opts.command,
+    ).exit_code
+
+
+def promote(args: argparse.Namespace) -> int:
+    """--promote: the stopped trials named (exit 2 for one that is unknown or not stopped),
+    then (unless --dry-run) trained to full length on Ray."""
+    from depthcore.stopping import select_promotions
+    from depthcore.sweep import load_sweep
+
+    sweep = load_sweep(args.sweep, args.overrides)
+    chosen = select_promotions(sweep, args.results, args.promote)
+    if args.dry_run:
+        print(f"{sweep.name}: --promote would train {len(chosen)} stopped trials to full length:")
+        for promotion in chosen:
+            print(promotion.line())
+        return 0
+
+    from depthcore import tuning
+
+    return tuning.promote_trials(
+        sweep,
+        args.results,
+        args.promote,
+        address=args.address,
+        max_concurrent=args.max_concurrent,
+        dashboard=not args.no_dashboard,
+        storage=args.storage,
+        command=tuple(sys.argv),
     ).exit_code
 
 

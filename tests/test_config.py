@@ -252,6 +252,9 @@ IDENTITY = {
     "train.amp": False,
     "train.deterministic": True,
 }
+# The per-epoch objective: with objective val the validation is part of the run (both keys,
+# and the protocol keys above, change the run id then: test_objective_val_...); never the eval id.
+OBJECTIVE = {"eval.objective", "eval.val_images"}
 # Loss weights the default kind (standard) ignores: test_identity_ignores_unused_weights...
 UNUSED_BY_STANDARD = {"loss.alpha", "loss.beta", "loss.gamma", "loss.w_mae", "loss.w_l"}
 UNUSED_BY_STANDARD |= {"loss.w_c", "loss.w_s", "loss.custom"}  # custom: tests/test_plugins.py
@@ -267,6 +270,7 @@ def test_every_config_key_has_a_place_in_the_identities() -> None:
     from depthcore.sweep import _config_keys
 
     placed = [*NON_IDENTITY, *EVAL_IDENTITY, *EVAL_NON_IDENTITY, *IDENTITY, *UNUSED_BY_STANDARD]
+    placed += OBJECTIVE
     assert len(placed) == len(set(placed))
     assert set(_config_keys()) == set(placed)
 
@@ -291,6 +295,29 @@ def test_training_keys_change_the_run_id_not_the_eval_id(key: str, value: object
     assert other.run_id() != base.run_id()
     if key != "data.dataset":  # kitti: an unset eval.split_dir means the bundled eigen split
         assert other.eval_id() == base.eval_id()
+
+
+def test_objective_val_puts_the_validation_in_the_run_id_and_never_in_the_eval_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from depthcore import config
+
+    test, val = load_config(), _with("eval.objective", "val")
+    assert val.run_id() != test.run_id() and val.eval_id() == test.eval_id()
+    assert _with("eval.val_images", 50).run_id() == test.run_id()  # unused with objective test
+    # With objective val, what the per-epoch validation records depend on is the run's ...
+    changes = {"eval.val_images": 50, "eval.min_depth": 0.01, "eval.max_depth": 50.0}
+    changes |= {"eval.median_scaling": False, "eval.garg_crop": False, "eval.post_process": True}
+    for key, value in changes.items():
+        other = load_config(None, ["eval.objective=val", f"{key}={value}"])
+        assert other.run_id() != val.run_id(), key
+    # ... and what only the final test evaluation reads is not.
+    for key, value in {"eval.scales": [0, 1], "eval.max_images": 10, "eval.batch_size": 3}.items():
+        other = load_config(None, ["eval.objective=val", f"{key}={value}"])
+        assert other.run_id() == val.run_id(), key
+    run_ids = (test.run_id(), val.run_id())
+    monkeypatch.setattr(config, "VALIDATION_RECIPE_VERSION", config.VALIDATION_RECIPE_VERSION + 1)
+    assert test.run_id() == run_ids[0] and val.run_id() != run_ids[1]
 
 
 def test_evaluation_identity_counts_locations_by_name_and_the_kitti_default() -> None:
@@ -318,6 +345,7 @@ def test_a_new_evaluation_recipe_gives_new_eval_ids_only(monkeypatch: pytest.Mon
         (["data.dataset=kitti"], "506a1f3e2b228b0f"),
         (["eval.max_images=5", "eval.post_process=true"], "2b3f94b282b7624c"),
         (["eval.every_epoch=false", "train.log_every=7"], "be9b256aa6e8ecbd"),
+        (["eval.objective=val", "eval.val_images=9"], "be9b256aa6e8ecbd"),  # came later
     ],
 )
 def test_legacy_run_ids_are_those_of_the_version_before_evaluation_ids(

@@ -309,7 +309,13 @@ def test_optuna_sweep_has_no_fixed_trials_but_validates_samples() -> None:
     sweep = load("optuna_ssim_a")
     assert expand(sweep) == []
     lines = plan_lines(sweep, [])
-    assert lines[-1] == "40 trials" and any("loss.w_s ~ uniform(0.4, 0.9)" in x for x in lines)
+    assert lines[-2] == "40 trials" and any("loss.w_s ~ uniform(0.4, 0.9)" in x for x in lines)
+    assert lines[-1] == (
+        "objective: min abs_rel on validation (200 frames of val_files.txt at most, after every "
+        "epoch); early stopping: ASHA (grace_epochs 1, reduction_factor 3) judges trials at "
+        "epochs 1, 3, 9 of 20"
+    )
+    assert sweep.file.scheduler is not None and expand(sweep) == []
     trial = trial_from_params(
         sweep, {"loss.w_mae": 0.25, "loss.w_l": 0.5, "loss.w_c": 0.45, "loss.w_s": 0.8}
     )

@@ -15,6 +15,8 @@ _EXPORTS = {
     "build_train_loader": "depthcore.data.dataset",
     "build_val_loader": "depthcore.data.dataset",
     "build_test_loader": "depthcore.data.dataset",
+    "build_frames_loader": "depthcore.data.dataset",
+    "prepare_validation": "depthcore.data.validation",
     "load_gt_depths": "depthcore.data.gt",
     "export_gt": "depthcore.data.gt",
     "make_synthetic": "depthcore.data.synthetic",

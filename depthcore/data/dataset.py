@@ -160,7 +160,8 @@ def resolve_data(cfg: Config, *, train: bool = True, require_gt: bool = True) ->
 
     Checks, at os.stat level, that every frame (and neighbour), and the calibration when
     data.intrinsics=calib, of the train and val splits (when `train`) and of the test split
-    exists; a DataError names each missing file with the split line (file:line) needing it.
+    exists, and with eval.objective=val what the validation frames' ground truth is made from;
+    a DataError names each missing file with the split line (file:line) needing it.
     """
     cache_dir = default_cache_dir(cfg.data.cache_dir)
     root = _data_root(cfg, cache_dir)
@@ -175,7 +176,7 @@ def resolve_data(cfg: Config, *, train: bool = True, require_gt: bool = True) ->
         gt_path: Path | None = resolve_gt(cfg, root, eval_dir, test_files)
     else:
         gt_path = next((p for p in _gt_candidates(cfg, root, eval_dir) if p.is_file()), None)
-    return DataPaths(
+    paths = DataPaths(
         dataset=cfg.data.dataset,
         root=root,
         train_files=train_files,
@@ -185,6 +186,11 @@ def resolve_data(cfg: Config, *, train: bool = True, require_gt: bool = True) ->
         img_ext=ext,
         frame_cache=cache_dir / "frames" if cfg.data.cache else None,
     )
+    if train and cfg.eval.objective == "val":
+        from depthcore.data.validation import check_validation
+
+        check_validation(cfg, paths)
+    return paths
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,5 +349,13 @@ def build_val_loader(cfg: Config, paths: DataPaths) -> DataLoader | None:
 def build_test_loader(cfg: Config, paths: DataPaths) -> DataLoader:
     """Frame 0 of each test line in split order (the first eval.max_images), no augmentation."""
     lines = kitti.read_split(paths.test_files)[: cfg.eval.max_images]
+    return build_frames_loader(cfg, paths, lines)
+
+
+def build_frames_loader(
+    cfg: Config, paths: DataPaths, lines: Sequence[kitti.SplitLine]
+) -> DataLoader:
+    """Frame 0 of each line in order, no augmentation, as the test split is evaluated (the
+    validation frames of eval.objective=val: depthcore.data.validation)."""
     dataset = FramesDataset(lines, paths, cfg, frame_ids=(0,), augment=False, test=True)
     return _loader(dataset, cfg, cfg.eval.batch_size, shuffle=False, drop_last=False)

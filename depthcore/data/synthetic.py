@@ -348,7 +348,7 @@ def read_marker(root: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive flock (waits for other generators on this machine); no-op without fcntl."""
     try:
         import fcntl
@@ -395,7 +395,7 @@ def ensure_synthetic(
     expected = synthetic_hash(syn, stereo)
     if _check_existing(root, expected):
         return root
-    with _file_lock(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock"):
         if _check_existing(root, expected):
             return root
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
