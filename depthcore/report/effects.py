@@ -184,27 +184,43 @@ def _design(runs: pd.DataFrame, params: tuple[str, ...] | list[str], metric: str
     done = runs[np.isfinite(y)]
     if done.empty or not params:
         return None
-    keys = [tuple(_level_key(v) for v in row) for row in done[list(params)].itertuples(index=False)]
-    values = pd.to_numeric(done[metric], errors="coerce")
-    by = done.assign(_key=keys, _y=values).groupby("_key", sort=False)
-    configs = by[list(params)].first().reset_index(drop=True)
-    configs["y"] = by["_y"].mean().to_numpy(float)
-    configs["n"] = by.size().to_numpy()
-    configs["seed_var"] = by["_y"].var(ddof=1).to_numpy(float)
+    # Each run's value index per parameter, then one configuration per distinct row of indices.
+    found = {key: _sorted_levels(done[key]) for key in params}
+    run_codes = np.column_stack([_codes(done[key], found[key]) for key in params])
+    _, first, inverse, counts = np.unique(
+        run_codes, axis=0, return_index=True, return_inverse=True, return_counts=True
+    )
+    order = np.argsort(first, kind="stable")  # configurations in the order the runs give them
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    config_of_run = rank[inverse.ravel()]
+    y = pd.to_numeric(done[metric], errors="coerce").to_numpy(float)
+    sums = np.bincount(config_of_run, weights=y)
+    squares = np.bincount(config_of_run, weights=y**2)
+    n = counts[order]
+    configs = done[list(params)].iloc[first[order]].reset_index(drop=True)
+    configs["y"] = sums / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        configs["seed_var"] = np.where(n > 1, (squares - sums**2 / n) / (n - 1), np.nan)
+    configs["n"] = n
     levels: dict[str, list[Any]] = {}
     codes: dict[str, np.ndarray] = {}
-    for key in params:
-        found = _sorted_levels(configs[key])
-        if len(found) > 1:
-            index = {_level_key(v): i for i, v in enumerate(found)}
-            levels[key] = found
-            codes[key] = np.array([index[_level_key(v)] for v in configs[key]])
+    for j, key in enumerate(params):
+        in_configs = np.unique(run_codes[first[order], j])
+        if len(in_configs) > 1:
+            levels[key] = found[key]
+            codes[key] = run_codes[first[order], j]
     blocks, columns, start = [np.ones((len(configs), 1))], {}, 1
     for key in levels:
         blocks.append(_sum_coding(len(levels[key]))[codes[key]])
         columns[key] = slice(start, start + len(levels[key]) - 1)
         start += len(levels[key]) - 1
     return _Design(configs, tuple(levels), levels, codes, columns, np.hstack(blocks))
+
+
+def _codes(column: pd.Series, levels: list[Any]) -> np.ndarray:
+    index = {_level_key(v): i for i, v in enumerate(levels)}
+    return np.array([index[_level_key(v)] for v in column], dtype=np.int64)
 
 
 def _sum_coding(n_levels: int) -> np.ndarray:
@@ -351,8 +367,9 @@ def _table(
         result = results[key]
         levels = _levels(design, key, metric, result, level)
         significant = bool(adjusted <= 1 - level)
-        shown = levels.loc[~levels["is_best"], "shown_worse"]
-        best = levels.loc[levels["is_best"], "value"]
+        is_best = levels["is_best"].to_numpy(bool)
+        shown = levels["shown_worse"].to_numpy(bool)[~is_best]
+        best = [v for v, b in zip(design.levels[key], is_best, strict=True) if b]
         rows.append(
             {
                 "parameter": key,
@@ -366,7 +383,7 @@ def _table(
                 "p_value": result.p_value,
                 "p_holm": adjusted,
                 "significant": significant,
-                "best_value": best.iloc[0] if len(best) else None,
+                "best_value": best[0] if best else None,
                 "best_supported": significant and len(shown) > 0 and bool(shown.all()),
                 "effect_range": _range(result.emm),
                 "partial_eta2": result.partial_eta2,
