@@ -144,8 +144,9 @@ def test_sweep_writes_the_results_contract_and_a_rerun_trains_nothing(
             0.6,
         )
     index = yaml.safe_load((tmp_path / "sweeps" / "e2e.yaml").read_text())
-    keys = {"name", "sweep_file", "updated", "metric", "mode", "swept", "trials", "evaluations"}
-    assert set(index) == keys
+    keys = {"name", "sweep_file", "updated", "metric", "mode", "swept", "design", "trials"}
+    assert set(index) == {*keys, "evaluations"}
+    assert index["design"] == "grid"
     assert (index["name"], index["metric"], index["mode"]) == ("e2e", "abs_rel", "min")
     assert index["swept"] == ["loss.w_c"]
     assert [t["status"] for t in index["trials"]] == ["finished", "finished"]
