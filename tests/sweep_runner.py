@@ -9,6 +9,10 @@ faults from RESULTS/stand_in.json, {run id: {"kill": n, "fail": true, "sleep": s
 "stream": k}}: the first n attempts kill their Ray worker process (as the OOM killer would),
 `fail` raises a TrainingError after recording it, `shift` moves the per-image abs_rel (a race's
 effect) and `stream` picks the seed noise (configurations with equal streams are identical).
+
+`curve_train` is a stand-in with known learning curves for early stopping (a scheduler's
+rungs can be worked out by hand from CURVES): the engine's contract for a trained run
+(trained.json, evals/<eval id>/final.json), "val" records, a checkpoint per epoch and resume.
 """
 
 from __future__ import annotations
@@ -125,6 +129,63 @@ def stand_in_train(
         metrics = dict.fromkeys(METRIC_NAMES, float(value.mean()))
         final = {"run_id": cfg.run_id(), "metrics": metrics, "epochs": 1, "cost": cost}
         store.write_json_atomic(run_dir / store.FINAL_FILE, final)
+        return final
+
+
+# loss.w_c -> the validation abs_rel after epoch 1 and after epoch 3 (lower is better).
+CURVES = {
+    0.1: (0.50, 0.40),
+    0.2: (0.60, 0.55),
+    0.3: (0.45, 0.47),
+    0.4: (0.40, 0.30),
+    0.5: (0.55, 0.50),
+}
+
+
+def val_curve(w_c: float, epoch: int) -> float:
+    """A known learning curve: CURVES at epochs 1 and 3, their mean at 2, then a slow descent;
+    a w_c not in CURVES (an optuna sample) gets w_c + 0.2 / epoch."""
+    if round(w_c, 6) not in CURVES:
+        return w_c + 0.2 / epoch
+    first, third = CURVES[round(w_c, 6)]
+    return {1: first, 2: (first + third) / 2}.get(epoch, third - 0.01 * (epoch - 3))
+
+
+def curve_train(
+    cfg: Any, run_dir: str | Path, *, report: Any = None, progress: bool = True
+) -> dict[str, Any]:
+    """The engine's contract (RunLock, config.yaml, metrics.jsonl with "val" records, a
+    checkpoint per epoch and resume from it, stopped.json cleared when a stopped run goes on,
+    trained.json then evals/<eval id>/final.json) over a known validation curve. The final
+    metric chains every epoch's state, so a skipped or repeated epoch changes it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with store.RunLock(run_dir):
+        found = store.read_evaluation(run_dir, cfg.eval_id())
+        if found is not None:
+            return found
+        store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
+        ckpt = run_dir / store.CHECKPOINT_DIR
+        state = store.read_json(ckpt / store.CHECKPOINT_FILE) or {"epoch": 0, "x": 1.0}
+        store.append_jsonl(run_dir / ATTEMPTS_FILE, {"start_epoch": state["epoch"]})
+        store.clear_stopped(run_dir)
+        for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
+            value = val_curve(cfg.loss.w_c, epoch)
+            state = {"epoch": epoch, "x": 0.9 * state["x"] + value}
+            line = {"type": "epoch", "epoch": epoch, "step": epoch, "train_loss": 1.0}
+            store.append_jsonl(run_dir / store.METRICS_FILE, line)
+            val = dict.fromkeys(METRIC_NAMES, value)
+            store.append_jsonl(
+                run_dir / store.METRICS_FILE, {"type": "val", "epoch": epoch, "step": epoch, **val}
+            )
+            store.write_json_atomic(ckpt / store.CHECKPOINT_FILE, state)
+            if report is not None:  # a scheduler's stop raises SystemExit here
+                validated = {f"val_{k}": v for k, v in val.items()}
+                report({**line, **validated, "checkpoint_dir": str(ckpt)})
+        store.write_trained(run_dir, {"run_id": cfg.run_id(), "epochs": cfg.train.epochs})
+        final = {"run_id": cfg.run_id(), "eval_id": cfg.eval_id(), "epochs": cfg.train.epochs}
+        final["metrics"] = dict.fromkeys(METRIC_NAMES, state["x"] / 10)
+        store.write_json_atomic(store.eval_path(run_dir, cfg.eval_id()) / store.FINAL_FILE, final)
         return final
 
 

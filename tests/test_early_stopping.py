@@ -1,6 +1,6 @@
-"""Early stopping (scheduler: asha) and --promote, on a local Ray, driven by a stand-in engine
-with known learning curves (`curve_train`): the tests can work out by hand which trials ASHA
-stops at which rung. One local Ray (2 CPUs) serves the whole module.
+"""Early stopping (scheduler: asha) and --promote, on a local Ray, driven by the stand-in engine
+with known learning curves (tests/sweep_runner.py, `curve_train`): the tests can work out by
+hand which trials ASHA stops at which rung. One local Ray (2 CPUs) serves the whole module.
 """
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sweep_runner
 import yaml
+from ray import cloudpickle
+from sweep_runner import CURVES, attempts, curve_train, val_curve
 
 from depthcore import store
 from depthcore.errors import ConfigError
-from depthcore.metrics import METRIC_NAMES
 from depthcore.stopping import select_promotions
 from depthcore.sweep import expand, load_sweep, sweep_from_dict
 from depthcore.trials import execute_trial
 from depthcore.tuning import promote_trials, run_sweep
 
-ATTEMPTS = "attempts.jsonl"
 EPOCHS = 9
 BASE = {
     "loss": {"photometric": "ssim_a"},
@@ -29,61 +30,7 @@ BASE = {
 }
 ASHA = {"type": "asha", "grace_epochs": 1, "reduction_factor": 3}  # rungs at epochs 1 and 3
 
-# loss.w_c -> the validation abs_rel after epoch 1 and after epoch 3 (lower is better).
-CURVES = {
-    0.1: (0.50, 0.40),
-    0.2: (0.60, 0.55),
-    0.3: (0.45, 0.47),
-    0.4: (0.40, 0.30),
-    0.5: (0.55, 0.50),
-}
-
-
-def val_curve(w_c: float, epoch: int) -> float:
-    """A known learning curve: CURVES at epochs 1 and 3, their mean at 2, then a slow descent;
-    a w_c not in CURVES (an optuna sample) gets w_c + 0.2 / epoch."""
-    if round(w_c, 6) not in CURVES:
-        return w_c + 0.2 / epoch
-    first, third = CURVES[round(w_c, 6)]
-    return {1: first, 2: (first + third) / 2}.get(epoch, third - 0.01 * (epoch - 3))
-
-
-def curve_train(
-    cfg: Any, run_dir: str | Path, *, report: Any = None, progress: bool = True
-) -> dict[str, Any]:
-    """The engine's contract (RunLock, config.yaml, metrics.jsonl with "val" records, a
-    checkpoint per epoch and resume from it, stopped.json cleared when a stopped run goes on,
-    trained.json then evals/<eval id>/final.json) over a known validation curve. The final
-    metric chains every epoch's state, so a skipped or repeated epoch changes it."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with store.RunLock(run_dir):
-        found = store.read_evaluation(run_dir, cfg.eval_id())
-        if found is not None:
-            return found
-        store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
-        ckpt = run_dir / store.CHECKPOINT_DIR
-        state = store.read_json(ckpt / store.CHECKPOINT_FILE) or {"epoch": 0, "x": 1.0}
-        store.append_jsonl(run_dir / ATTEMPTS, {"start_epoch": state["epoch"]})
-        store.clear_stopped(run_dir)
-        for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
-            value = val_curve(cfg.loss.w_c, epoch)
-            state = {"epoch": epoch, "x": 0.9 * state["x"] + value}
-            line = {"type": "epoch", "epoch": epoch, "step": epoch, "train_loss": 1.0}
-            store.append_jsonl(run_dir / store.METRICS_FILE, line)
-            val = dict.fromkeys(METRIC_NAMES, value)
-            store.append_jsonl(
-                run_dir / store.METRICS_FILE, {"type": "val", "epoch": epoch, "step": epoch, **val}
-            )
-            store.write_json_atomic(ckpt / store.CHECKPOINT_FILE, state)
-            if report is not None:  # a scheduler's stop raises SystemExit here
-                validated = {f"val_{k}": v for k, v in val.items()}
-                report({**line, **validated, "checkpoint_dir": str(ckpt)})
-        store.write_trained(run_dir, {"run_id": cfg.run_id(), "epochs": cfg.train.epochs})
-        final = {"run_id": cfg.run_id(), "eval_id": cfg.eval_id(), "epochs": cfg.train.epochs}
-        final["metrics"] = dict.fromkeys(METRIC_NAMES, state["x"] / 10)
-        store.write_json_atomic(store.eval_path(run_dir, cfg.eval_id()) / store.FINAL_FILE, final)
-        return final
+cloudpickle.register_pickle_by_value(sweep_runner)  # Ray's workers cannot import tests/
 
 
 def must_not_train(cfg: Any, run_dir: Any, **kw: Any) -> dict[str, Any]:
@@ -91,7 +38,8 @@ def must_not_train(cfg: Any, run_dir: Any, **kw: Any) -> dict[str, Any]:
 
 
 def starts(results: Path, run_id: str) -> list[int]:
-    return [a["start_epoch"] for a in store.read_jsonl(store.run_path(results, run_id) / ATTEMPTS)]
+    """The epoch each training attempt of the run started from (curve_train logs them)."""
+    return [a["start_epoch"] for a in attempts(results, run_id)]
 
 
 def epochs_trained(results: Path, run_id: str) -> int:

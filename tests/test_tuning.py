@@ -145,8 +145,8 @@ def test_sweep_writes_the_results_contract_and_a_rerun_trains_nothing(
         )
     index = yaml.safe_load((tmp_path / "sweeps" / "e2e.yaml").read_text())
     keys = {"name", "sweep_file", "updated", "metric", "mode", "swept", "design", "trials"}
-    assert set(index) == {*keys, "evaluations"}
-    assert index["design"] == "grid"
+    assert set(index) == {*keys, "evaluations", "objective"}
+    assert (index["design"], index["objective"]) == ("grid", "test")
     assert (index["name"], index["metric"], index["mode"]) == ("e2e", "abs_rel", "min")
     assert index["swept"] == ["loss.w_c"]
     assert [t["status"] for t in index["trials"]] == ["finished", "finished"]
@@ -232,7 +232,10 @@ def test_optuna_sweep_continues_its_study(ray_local: Any, tmp_path: Path) -> Non
     def optuna_sweep(n_trials: int):
         search = {"method": "optuna", "n_trials": n_trials, "seed": 3, "n_startup_trials": 2}
         search["space"] = {"loss.w_c": {"uniform": [0.3, 0.7]}, "loss.w_s": {"choice": [0.5, 0.7]}}
-        return make_sweep("tpe", base={**TINY_BASE, "train": {"epochs": 1}}, search=search)
+        # Selected on the test split's final metric (fake_train logs no validation): the
+        # behaviour eval.objective: test keeps.
+        base = {**TINY_BASE, "train": {"epochs": 1}, "eval": {"objective": "test"}}
+        return make_sweep("tpe", base=base, search=search)
 
     # A trial a killed driver left RUNNING in the study: it is re-queued with the same values.
     journal = tmp_path / "sweeps" / "tpe.optuna.journal"

@@ -155,7 +155,43 @@ def _summary(data: SweepData, configs: pd.DataFrame) -> list[str]:
     ]
     if data.params:
         lines.append(f"Swept: {', '.join(data.params)}. Primary metric: {data.metric}.")
+    lines += selection_lines(data)
     lines += evaluation_lines(data)
+    return lines
+
+
+def selection_lines(data: SweepData) -> list[str]:
+    """What the sweep selected on (a search or a scheduler; a per-epoch validation anywhere),
+    and the trials its scheduler stopped. Nothing for a grid scored on the test split."""
+    uses = ["learning curves"]
+    uses += ["the search's choices"] if data.design == "search" else []
+    uses += ["the scheduler's stops"] if data.scheduler is not None else []
+    lines = []
+    if data.objective == "val":
+        lines.append(
+            f"Per-epoch objective: {data.metric} on held-out validation frames of the training "
+            f"split ({', '.join(uses)}); the tables show the test split, evaluated once at the "
+            "end of each finished trial."
+        )
+    elif data.objective == "test" and len(uses) > 1:
+        lines.append(
+            f"Selection on the test split (eval.objective: test): the trials were chosen on "
+            f"{data.metric} of the same test images the tables show, so the best rows' numbers "
+            "are optimistic (the winner's curse); select on validation frames for unbiased ones."
+        )
+    if data.scheduler is not None:
+        stopped = int((data.runs["status"] == "stopped").sum())
+        spec = data.scheduler
+        settings = ", ".join(
+            f"{key} {value:g}" if isinstance(value, (int, float)) else f"{key} {value}"
+            for key, value in spec.items()
+            if key != "type"
+        )
+        lines.append(
+            f"Early stopping: {str(spec.get('type')).upper()} ({settings}) stopped {stopped} of "
+            f"{len(data.runs)} trials; they are listed with the epoch they reached under "
+            "Unfinished runs and left out of the tables and verdicts."
+        )
     return lines
 
 
@@ -514,7 +550,12 @@ def _figures(
     analytic = Section("ssim", "SSIM surfaces (Figure 1)")
     fig, note = _learning_curves(data, configs)
     if fig is not None:
-        caption = "Train loss and test metrics of " + ("every run" if note is None else "runs")
+        caption = (
+            "Train loss and per-epoch metrics (validation frames where a run recorded them, "
+            "else the test split) of " + ("every run" if note is None else "runs")
+        )
+        if (data.runs["status"] == "stopped").any():
+            caption += "; grey: runs stopped early, a cross where each stopped"
         curves.figures.append(_save(fig, folder, "learning_curves", caption))
     if note is not None:
         curves.notes.append(note)
@@ -568,7 +609,10 @@ def _learning_curves(
 ) -> tuple[plots.Figure | None, str | None]:
     """Every run's curves, or past CURVES_SHOWN configurations, the baseline's and the best
     configurations' (a legend of 55 lines in reused colours reads as none), and a note."""
-    curves = _curves(data)
+    curves = _curves(data, data.runs["status"] != "stopped")
+    stopped = [
+        (name, records) for _, name, records in _curves(data, data.runs["status"] == "stopped")
+    ]
     keys = list(dict.fromkeys(key for key, _, _ in curves))
     note = None
     if len(keys) > CURVES_SHOWN:
@@ -576,15 +620,18 @@ def _learning_curves(
         curves = [c for c in curves if c[0] in keep]
         note = (
             f"{len(keys)} configurations have learning curves; shown are {which} (finished "
-            "runs). Each run's metrics.jsonl has its curves."
-        )
-    return plots.learning_curves([(name, records) for _, name, records in curves]), note
+            "runs)" + (", and every run stopped early" if stopped else "") + ". Each run's "
+            "metrics.jsonl has its curves."
+        )  # fmt: skip
+    shown = [(name, records) for _, name, records in curves]
+    return plots.learning_curves(shown, stopped), note
 
 
-def _curves(data: SweepData) -> list[tuple[str, str, list[dict[str, object]]]]:
-    """(config key, configuration name, metrics.jsonl records) of every run that logged any."""
+def _curves(data: SweepData, which: pd.Series) -> list[tuple[str, str, list[dict[str, object]]]]:
+    """(config key, configuration name, metrics.jsonl records) of the runs `which` selects
+    that logged any."""
     out = []
-    for _, row in data.runs.iterrows():
+    for _, row in data.runs[which].iterrows():
         records = store.read_curves(row["run_dir"]) if row["run_dir"] else []
         if records:
             out.append((row["config"], tables.config_name(row, data.params), records))
@@ -625,7 +672,7 @@ def _runs(data: SweepData, folder: Path) -> Section:
     table = views.runs_view(data.runs, data.params, finished=True)
     store.write_text_atomic(folder / "runs.csv", table.to_csv(index=False))
     left = views.runs_view(data.runs, data.params)
-    section = Section("runs", "Missing and failed runs")
+    section = Section("runs", "Unfinished runs (missing, failed, stopped early)")
     if left.empty:
         section.notes.append("Every run of the sweep has finished.")
     else:

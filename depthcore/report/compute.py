@@ -8,6 +8,7 @@ sweep's start). A run folder shared by several trials or sweeps is counted once 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from depthcore.report.loading import (
 COST_KEYS = ("device", "share", "wall_s", "lost_s", "samples_per_s", "device_hours")
 COLUMNS = (
     "level", "name", "runs", "costed", "devices", "wall_h", "lost_h", "device_hours",
-    "estimate_runs", "estimate_device_hours",
+    "estimate_runs", "estimate_device_hours", "epochs", "epochs_full", "saved_device_hours",
 )  # fmt: skip
 NOTE = (
     "Device-hours = wall time x the share of the device a run held (resources.gpu, or CPU cores "
@@ -73,7 +74,67 @@ def compute_table(
     if estimate is not None:
         sweep["estimate_runs"] = finite_number(estimate.get("runs"))
         sweep["estimate_device_hours"] = finite_number(estimate.get("device_hours"))
+    saving = early_stopping(data, costs)
+    if saving is not None:
+        sweep["epochs"], sweep["epochs_full"] = saving.trained, saving.full
+        sweep["saved_device_hours"] = saving.saved_hours
     return pd.DataFrame([*rows, sweep], columns=list(COLUMNS))
+
+
+@dataclass(frozen=True)
+class Saving:
+    """What early stopping saved over the runs that finished or were stopped: the epochs they
+    trained against the epochs they would have trained to full length, and an estimate of the
+    device-hours of the epochs not trained."""
+
+    trained: float
+    full: float
+    stopped: int  # runs stopped early
+    saved_hours: float  # NaN when no run has a cost per epoch
+    per_epoch: float  # device-hours per epoch the estimate used
+    rate_from: str  # "finished runs" or "stopped runs"
+
+    def line(self) -> str:
+        text = (
+            f"Early stopping: {self.trained:.0f} of {self.full:.0f} epochs trained "
+            f"({self.trained / self.full:.0%}) by the runs that finished or were stopped; the "
+            f"{self.stopped} stopped early would have trained {self.full - self.trained:.0f} more"
+        )
+        if math.isnan(self.saved_hours):
+            return text + " (no cost record to price them)."
+        return text + (
+            f": about {self.saved_hours:.3g} device-hours saved (at {self.per_epoch:.3g} "
+            f"device-hours per epoch, the median of the {self.rate_from})."
+        )
+
+
+def early_stopping(data: SweepData, costs: pd.DataFrame) -> Saving | None:
+    """The sweep's saving from its scheduler (None when no trial of it was stopped and it has
+    no scheduler). The price of an epoch is the median device-hours per epoch trained of the
+    finished runs (of the stopped ones when none finished); it includes each run's setup and
+    evaluations, so it slightly overstates what an epoch costs."""
+    runs = data.runs.drop_duplicates("run_id")
+    done = runs[runs["status"].isin(["finished", "stopped"])].dropna(
+        subset=["epochs", "epochs_total"]
+    )
+    stopped = done[done["status"] == "stopped"]
+    if (data.scheduler is None and stopped.empty) or done.empty:
+        return None
+    priced = done.merge(costs[["run_id", "device_hours"]], on="run_id")
+    priced = priced[priced["epochs"] > 0].dropna(subset=["device_hours"])
+    rate_from = "finished runs" if (priced["status"] == "finished").any() else "stopped runs"
+    if rate_from == "finished runs":
+        priced = priced[priced["status"] == "finished"]
+    per_epoch = (priced["device_hours"] / priced["epochs"]).median() if len(priced) else math.nan
+    left = float((stopped["epochs_total"] - stopped["epochs"]).sum())
+    return Saving(
+        trained=float(done["epochs"].sum()),
+        full=float(done["epochs_total"].sum()),
+        stopped=len(stopped),
+        saved_hours=left * per_epoch,
+        per_epoch=per_epoch,
+        rate_from=rate_from,
+    )
 
 
 def _row(level: str, name: str, costs: pd.DataFrame) -> dict[str, Any]:
@@ -93,11 +154,16 @@ def _row(level: str, name: str, costs: pd.DataFrame) -> dict[str, Any]:
 def compute_section(data: SweepData, folder: Path) -> Section:
     """Write compute.csv and compute.md into `folder`; the section for report.html."""
     estimate = data.estimate
-    table = compute_table(data, run_costs(data), estimate)
+    costs = run_costs(data)
+    table = compute_table(data, costs, estimate)
     store.write_text_atomic(folder / "compute.csv", table.to_csv(index=False))
     view = _view(table)
     lines = [_summary(table.iloc[-1])]
-    md = f"# {data.name}: compute\n\n{lines[0]}\n\n{views.plain_markdown(view)}\n{NOTE}\n"
+    saving = early_stopping(data, costs)
+    if saving is not None:
+        lines.append(saving.line())
+    told = "\n\n".join(lines)
+    md = f"# {data.name}: compute\n\n{told}\n\n{views.plain_markdown(view)}\n{NOTE}\n"
     store.write_text_atomic(folder / "compute.md", md)
     section = Section("compute", "Compute", notes=lines)
     section.tables.append(Table(views.plain_html(view, "compute"), legend=NOTE))
@@ -119,9 +185,12 @@ def _summary(sweep: pd.Series) -> str:
 
 def _view(table: pd.DataFrame) -> pd.DataFrame:
     view = table.copy()
-    for col in ("wall_h", "lost_h", "device_hours", "estimate_device_hours"):
+    for col in ("wall_h", "lost_h", "device_hours", "estimate_device_hours", "saved_device_hours"):
         view[col] = view[col].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
-    view["estimate_runs"] = view["estimate_runs"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    for col in ("estimate_runs", "epochs", "epochs_full"):
+        view[col] = view[col].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    if table[["epochs", "epochs_full", "saved_device_hours"]].isna().all().all():
+        view = view.drop(columns=["epochs", "epochs_full", "saved_device_hours"])
     return view
 
 

@@ -115,40 +115,81 @@ def ssim_surfaces_rendered() -> dict[str, bytes]:
 # Learning curves (metrics.jsonl)
 
 
-def learning_curves(curves: list[tuple[str, list[dict[str, Any]]]]) -> Figure | None:
-    """Train loss per step and test metrics per epoch, one line per run, coloured by config.
+Curve = tuple[str, list[dict[str, Any]]]  # (configuration name, metrics.jsonl records)
+STOPPED_COLOUR = "0.6"
+
+
+def learning_curves(curves: list[Curve], stopped: Sequence[Curve] = ()) -> Figure | None:
+    """Train loss per step and the per-epoch metrics, one line per run, coloured by config:
+    the validation frames' metrics where a run recorded them (eval.objective: val), else the
+    test split's (dashed when a sweep has both).
 
     Args:
         curves: (configuration name, metrics.jsonl records) per run, in sweep order.
+        stopped: the same for runs a scheduler stopped early: grey, a cross where each
+            stopped, one legend entry for all.
     """
     curves = [(name, recs) for name, recs in curves if recs]
-    if not curves:
+    stopped = [(name, recs) for name, recs in stopped if recs]
+    if not curves and not stopped:
         return None
     names = list(dict.fromkeys(name for name, _ in curves))
+    kinds = {_epoch_kind(recs) for _, recs in [*curves, *stopped]}
+    title = {"val": "validation", "epoch": "test"}.get(kinds.pop()) if len(kinds) == 1 else None
+    title = title or "validation / test (dashed)"
     with matplotlib.rc_context(RC):
         fig = _figure(3.0 * (1 + len(CURVE_METRICS)) + 1.6, 2.6)
         axes = fig.subplots(1, 1 + len(CURVE_METRICS))
         palette = "tab10" if len(names) <= 10 else "tab20"
         colours = matplotlib.colormaps[palette]
+        for _, records in stopped:
+            _run_curves(axes, records, STOPPED_COLOUR, stopped=True)
         for name, records in curves:
-            colour = colours(names.index(name) % colours.N)
-            _curve(axes[0], records, "train", "step", "loss", colour)
-            for ax, metric in zip(axes[1:], CURVE_METRICS, strict=True):
-                _curve(ax, records, "epoch", "epoch", metric, colour)
+            _run_curves(axes, records, colours(names.index(name) % colours.N))
         axes[0].set(title="train loss", xlabel="step")
         for ax, metric in zip(axes[1:], CURVE_METRICS, strict=True):
-            ax.set(title=f"test {metric_header(metric)}", xlabel="epoch")
+            ax.set(title=f"{title} {metric_header(metric)}", xlabel="epoch")
         handles = [axes[0].plot([], [], color=colours(i % colours.N))[0] for i in range(len(names))]
+        if stopped:
+            handles.append(axes[0].plot([], [], color=STOPPED_COLOUR, marker="x")[0])
+            names.append(f"stopped early ({len(stopped)})")
         fig.legend(handles, names, loc="outside right upper")
     return fig
 
 
-def _curve(ax: Any, records: list[dict[str, Any]], kind: str, x: str, y: str, colour: Any) -> None:
+def _epoch_kind(records: list[dict[str, Any]]) -> str:
+    """Where a run's per-epoch metrics are: "val" records, or the "epoch" records (test)."""
+    return "val" if any(r.get("type") == "val" for r in records) else "epoch"
+
+
+def _run_curves(
+    axes: Any, records: list[dict[str, Any]], colour: Any, stopped: bool = False
+) -> None:
+    kind = _epoch_kind(records)
+    style = "--" if kind == "epoch" else "-"
+    _curve(axes[0], records, "train", "step", "loss", colour)
+    for ax, metric in zip(axes[1:], CURVE_METRICS, strict=True):
+        _curve(ax, records, kind, "epoch", metric, colour, style, end="x" if stopped else None)
+
+
+def _curve(
+    ax: Any,
+    records: list[dict[str, Any]],
+    kind: str,
+    x: str,
+    y: str,
+    colour: Any,
+    style: str = "-",
+    end: str | None = None,
+) -> None:
     points = [(r.get(x), r.get(y)) for r in records if r.get("type") == kind]
     points = [(float(a), float(b)) for a, b in points if _number(a) and _number(b)]
     if points:
         xs, ys = zip(*sorted(points), strict=True)
-        ax.plot(xs, ys, color=colour, linewidth=0.8, marker="." if kind == "epoch" else None)
+        marker = None if kind == "train" else "."
+        ax.plot(xs, ys, color=colour, linewidth=0.8, linestyle=style, marker=marker)
+        if end is not None:
+            ax.plot(xs[-1:], ys[-1:], color=colour, marker=end, linestyle="none")
 
 
 def _number(value: object) -> TypeGuard[int | float]:

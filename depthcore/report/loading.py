@@ -26,10 +26,11 @@ SEED_KEYS = ("train.seed", "seed")
 # Columns of an imported CSV that are not hyperparameters.
 CSV_RESERVED = ("seed", "label", "role")
 # run_dir: the run folder (curves, cost); eval_dir: the folder of the evaluation the index names
-# (final.json, per_image.csv, predictions.npz; the run folder itself in the earlier layout).
+# (final.json, per_image.csv, predictions.npz; the run folder itself in the earlier layout);
+# epochs: the epochs the run trained (a stopped run's where it stopped), of epochs_total.
 RUN_COLUMNS = (
     "trial_id", "run_id", "label", "role", "seed", "status", "message", "run_dir", "eval_id",
-    "eval_dir",
+    "eval_dir", "epochs", "epochs_total",
 )  # fmt: skip
 RACE_COLUMNS = ("seeds_run", "stop_reason")  # adaptive seeds: the race's record per trial
 DESIGNS = ("grid", "trials", "search")  # the sweep index's `design`
@@ -57,6 +58,10 @@ class SweepData:
     # How the trials were chosen: "grid", "trials" (listed), "search" (sampled; not a factorial
     # design); None for an imported CSV or an index written before the index recorded it.
     design: str | None = None
+    # What the per-epoch evaluation scored ("val" or "test": the index's `objective`; None
+    # before the index recorded it), and the scheduler that stopped trials early (its settings).
+    objective: str | None = None
+    scheduler: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,6 +125,8 @@ def load_sweep_results(results: Path, name: str) -> SweepData:
         labels,
         columns,
         design=str(index["design"]) if index.get("design") in DESIGNS else None,
+        objective=str(index["objective"]) if index.get("objective") in ("val", "test") else None,
+        scheduler=index["scheduler"] if isinstance(index.get("scheduler"), dict) else None,
     )
 
 
@@ -181,6 +188,7 @@ def _trial_row(results: Path, trial: dict[str, Any], params: tuple[str, ...]) ->
         "run_dir": str(run_dir) if run_dir else "",
         "eval_id": eval_id,
         "eval_dir": str(folder) if folder is not None else "",
+        **_epochs(run_dir),
     }
     row.update({key: trial.get(key) for key in RACE_COLUMNS if key in trial})
     row.update({key: values.get(key) for key in params})
@@ -208,7 +216,43 @@ def _status(
             return status, f"{store.FINAL_FILE} unreadable (corrupt or half-written)"
     if status == "trained":
         return status, "trained, not evaluated this way yet: rerun the sweep to evaluate it"
+    if status == "stopped":
+        return status, stopped_message(store.read_stopped(run_dir) or {})
     return status, ""
+
+
+def stopped_message(record: dict[str, Any]) -> str:
+    """Why a stopped trial has no row in the tables, and how to train it on."""
+    value = finite_number(record.get("value"))
+    split = "val " if record.get("objective") == "val" else ""
+    shown = f" ({split}{record.get('metric')} {value:.4f})" if value is not None else ""
+    return (
+        f"stopped early by the scheduler at epoch {record.get('epoch')} of "
+        f"{record.get('epochs')}{shown}: not in the tables or verdicts; runners/sweep.py "
+        "--promote trains it to the end"
+    )
+
+
+def _epochs(run_dir: Path | None) -> dict[str, float]:
+    """Epochs the run trained (trained.json's; a stopped run's stop epoch; else the epochs its
+    metrics.jsonl logged) and its config's train.epochs; NaN when unknown."""
+    if run_dir is None or not run_dir.is_dir():
+        return {"epochs": math.nan, "epochs_total": math.nan}
+    train = (store.read_run_config(run_dir) or {}).get("train")
+    total = finite_number(train.get("epochs")) if isinstance(train, dict) else None
+    trained, stopped = store.read_trained(run_dir), store.read_stopped(run_dir)
+    if trained is not None:
+        done = finite_number(trained.get("epochs"))
+    elif stopped is not None:
+        done = float(stopped["epoch"])
+    else:
+        logged = [r.get("epoch") for r in store.read_curves(run_dir) if r.get("type") == "epoch"]
+        done = float(max((e for e in logged if isinstance(e, int)), default=0))
+    nan = math.nan
+    return {
+        "epochs": nan if done is None else done,
+        "epochs_total": nan if total is None else total,
+    }
 
 
 def _seed(trial: dict[str, Any], final: dict[str, Any] | None) -> float:
@@ -323,6 +367,7 @@ def _read_csv_text(path: Path) -> pd.DataFrame:
 # Columns the report itself keeps per run: a CSV column of that name would collide.
 _CSV_INTERNAL = (
     "trial_id", "run_id", "status", "message", "run_dir", "eval_id", "eval_dir", "config",
+    "epochs", "epochs_total",
 )  # fmt: skip
 
 
@@ -354,6 +399,8 @@ def _csv_row(path: Path, table: pd.DataFrame, i: int, params: tuple[str, ...]) -
         "run_dir": "",
         "eval_id": None,
         "eval_dir": "",
+        "epochs": math.nan,
+        "epochs_total": math.nan,
     }
     row.update({k: _csv_param(raw[k]) for k in params})
     row.update({m: _csv_number(path, m, line, raw[m], required=True) for m in METRIC_NAMES})

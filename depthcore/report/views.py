@@ -166,9 +166,18 @@ def runs_view(runs: pd.DataFrame, params: tuple[str, ...], finished: bool = Fals
             "configuration": [tables.config_name(row, params) for _, row in part.iterrows()],
             "seed": part["seed"].map(lambda s: "" if pd.isna(s) else str(int(s))),
             "status": part["status"],
+            "epochs": [_epochs(row) for _, row in part.iterrows()],
             "message": part["message"].fillna(""),
         }
     )
+
+
+def _epochs(row: pd.Series) -> str:
+    """'3/9': the epochs a run trained of its schedule ('' when unknown, e.g. a CSV row)."""
+    done, total = row.get("epochs"), row.get("epochs_total")
+    if pd.isna(done):
+        return ""
+    return f"{int(done)}/{int(total)}" if pd.notna(total) else f"{int(done)}"
 
 
 def scales_view(per_scale: pd.DataFrame) -> pd.DataFrame:
