@@ -75,7 +75,7 @@ def test_a_stopped_trial_is_reported_as_stopped_and_left_out_of_tables_and_verdi
     assert runs.loc["bad", "status"] == "stopped" and runs.loc["bad", "epochs"] == "3/9"
     assert runs.loc["good", "status"] == "finished" and runs.loc["good", "epochs"] == "9/9"
     message = runs.loc["bad", "message"]
-    assert "stopped early by the scheduler at epoch 3 of 9 (val abs_rel 0.4700)" in message
+    assert "stopped early by the scheduler at epoch 3 of 9 (val abs_rel 0.5500)" in message
     ablation = pd.read_csv(folder / "ablation.csv")
     assert "bad" not in set(ablation.astype(str).to_numpy().ravel())
     assert "good" in set(ablation.astype(str).to_numpy().ravel())
