@@ -259,7 +259,8 @@ class _Progress(tune.Callback):
         if final is not None:
             metric = self.job.sweep.file.metric
             value = final["metrics"].get(metric)
-            shown = f"  {metric} {value:.4f}" if _is_number(value) else ""
+            split = "test " if ours.config.eval.objective == "val" else ""  # not the val value
+            shown = f"  {split}{metric} {value:.4f}" if _is_number(value) else ""
             self.out(f"{tag} done    {ours.trial_id}{shown}")
         elif status == "failed":
             path = store.error_path(run_dir, ours.eval_id)

@@ -404,6 +404,43 @@ def test_optuna_sweep_has_no_fixed_trials_but_validates_samples() -> None:
             "report: {columns: [loss.w_c, loss.w_l]}\n",
             "report.columns[1]: loss.w_l is 0.3 in every trial, so it is no column of the table",
         ),
+        # Early stopping (scheduler:): where it would bias a design, and bad settings.
+        (
+            "name: x\ngrid: {loss.w_c: [0.1, 0.2]}\nscheduler: {type: asha}\n",
+            "line 3: scheduler: a grid cannot be stopped early: a pruned grid is no longer a "
+            "factorial design",
+        ),
+        (
+            "name: x\ntrials:\n  - {label: b, role: baseline}\n  - {label: a, loss.w_c: 0.1}\n"
+            "seeds: {start: 2, max: 3}\nscheduler: {type: asha}\n",
+            "line 6: scheduler: adaptive seeds race finished runs",
+        ),
+        (
+            "name: x\ntrials: [{label: a}]\nseeds: [1, 2]\nscheduler: {type: asha}\n",
+            "line 4: scheduler: with 2 seeds per configuration the scheduler would stop",
+        ),
+        (
+            "name: x\ntrials: [{label: a}]\nscheduler: {type: hyperband}\n",
+            "line 3: scheduler.type: must be one of 'asha', got 'hyperband'",
+        ),
+        (
+            "name: x\ntrials: [{label: a}]\nscheduler: {type: asha, grace_epochs: 0}\n",
+            "line 3: scheduler.grace_epochs: must be >= 1, got 0",
+        ),
+        (
+            "name: x\ntrials: [{label: a}]\nscheduler: {type: asha, reduction_factor: 1}\n",
+            "line 3: scheduler.reduction_factor: must be > 1, got 1",
+        ),
+        (
+            "name: x\nbase: {train.epochs: 3}\ntrials: [{label: a}]\n"
+            "scheduler: {type: asha, grace_epochs: 3}\n",
+            "line 4: scheduler.grace_epochs: 3 is not below train.epochs (3)",
+        ),
+        (
+            "name: x\nbase: {eval.every_epoch: false}\ntrials: [{label: a}]\n"
+            "scheduler: {type: asha}\n",
+            "line 4: scheduler: eval.every_epoch is false",
+        ),
     ],
 )
 def test_invalid_sweep_files(tmp_path: Path, text: str, message: str) -> None:
@@ -412,6 +449,21 @@ def test_invalid_sweep_files(tmp_path: Path, text: str, message: str) -> None:
         load_sweep(path)
     assert str(path) in str(info.value)
     assert message in str(info.value)
+
+
+def test_a_selecting_sweep_scores_validation_unless_its_base_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    asha = "scheduler: {type: asha}\n"
+    scheduled = load_sweep(write(tmp_path, "name: x\ntrials: [{label: a}]\n" + asha))
+    assert expand(scheduled)[0].config.eval.objective == "val"
+    plain = load_sweep(write(tmp_path, "name: x\ntrials: [{label: a}]\n"))
+    assert expand(plain)[0].config.eval.objective == "test"  # a list of trials selects nothing
+    text = "name: x\nbase: {eval.objective: test}\ntrials: [{label: a}]\n" + asha
+    assert expand(load_sweep(write(tmp_path, text)))[0].config.eval.objective == "test"
+    overridden = load_sweep(write(tmp_path, "name: x\ntrials: [{label: a}]\n" + asha),
+                            ["eval.objective=test"])  # fmt: skip
+    assert expand(overridden)[0].config.eval.objective == "test"
 
 
 def test_set_of_a_swept_key_is_refused() -> None:

@@ -50,6 +50,10 @@ def test_dry_run_of_a_sweep_that_can_start_exits_0(tmp_path: Path) -> None:
         ("name: bad\ngrid:\n  loss.w_c: []\n", "line 3: grid.loss.w_c: empty list"),
         ("name: bad\ngrid:\n  loss.ssim_wieght: [0.5]\n", "did you mean 'loss.ssim_weight'"),
         ("name: bad\ngrid:\n  loss.w_l: [0.4, -0.5]\n", "loss.w_l: must be >= 0, got -0.5"),
+        (
+            "name: bad\ngrid:\n  loss.w_c: [0.4, 0.5]\nscheduler: {type: asha}\n",
+            "line 4: scheduler: a grid cannot be stopped early",
+        ),
     ],
 )
 def test_invalid_sweep_exits_2_before_ray(tmp_path: Path, text: str, message: str) -> None:
