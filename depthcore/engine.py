@@ -1,10 +1,12 @@
 """The training engine: one Monodepth2 run from a `Config` to a finished run folder.
 
 `train(cfg, run_dir)` reads as: set up (seed, data, networks, optimiser, resume) → for each epoch
-(train steps → evaluate → checkpoint → report) → trained.json → final evaluation into
-evals/<eval id>/. A training step is forward (depth + pose) → losses (fp32) → backward → Adam. A
-trained run is never trained again: `train` with other eval keys only evaluates it. The engine
-never imports Ray: it reports each epoch through a plain callback.
+(train steps → evaluate: the test split, or the validation frames with eval.objective=val →
+checkpoint → report) → trained.json → final evaluation of the test split into evals/<eval id>/.
+A training step is forward (depth + pose) → losses (fp32) → backward → Adam. A trained run is
+never trained again: `train` with other eval keys only evaluates it. A run a sweep's scheduler
+stopped (stopped.json) goes on from its checkpoint. The engine never imports Ray: it reports
+each epoch through a plain callback, which a scheduler's stop interrupts with SystemExit.
 """
 
 from __future__ import annotations

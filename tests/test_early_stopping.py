@@ -98,6 +98,16 @@ def test_asha_stops_the_trials_it_should_and_promotion_continues_them(
     assert (again.exit_code, again.trained) == (0, 0)
     assert "3 trials done, 2 stopped early" in capsys.readouterr().out
 
+    # A trial added later is judged against the rung values recorded before (read from the run
+    # folders): f's 0.80 after epoch 1 is worse than the 2/3 quantile of a..e's; the first trial
+    # of a fresh scheduler would otherwise pass every rung.
+    more = [*trials, {"label": "f", "loss.w_c": 0.6}]
+    path.write_text(yaml.safe_dump({**spec, "trials": more, "max_concurrent": 1}))
+    wider = load_sweep(path)
+    f = expand(wider)[-1]
+    assert run_sweep(wider, results, train_fn=curve_train).statuses[f.trial_id] == "stopped"
+    assert epochs_trained(results, f.run_id) == 1
+
     # --promote: a name that is no trial, a finished trial, a bad top:K -> exit-2 errors.
     for keys, message in (
         (["zzz"], "no such trial"),
