@@ -459,6 +459,10 @@ def train(
             return _evaluated(cfg, run_dir)
         store.write_text_atomic(run_dir / store.CONFIG_FILE, cfg.to_yaml())
         (run_dir / store.ERROR_FILE).unlink(missing_ok=True)
+        # A run a sweep's scheduler stopped goes on (a promotion, or a sweep that needs it
+        # trained), from its checkpoint: no epoch is trained twice. From here it is a run like
+        # any other (running; failed, interrupted or finished), so a failure is not hidden.
+        store.clear_stopped(run_dir)
         store.remove_partial_files(run_dir / store.CHECKPOINT_DIR)
         run = None
         try:
@@ -653,9 +657,6 @@ def _run(run: _Run) -> dict[str, Any]:
             f"optim.batch_size={cfg.optim.batch_size} is larger than the training split "
             f"({len(loader.dataset)} samples); lower it"
         )
-    # A run a sweep's scheduler stopped continues here (a promotion, or a sweep that needs it
-    # trained): from its checkpoint, so no epoch is trained twice.
-    store.clear_stopped(run.run_dir)
     while run.prog.epoch < cfg.train.epochs:
         record = _train_epoch(run, loader, steps_per_epoch)
         _end_epoch(run, record)
