@@ -6,7 +6,9 @@ protocol (mask, Garg crop, median scaling, clamp) to one full-size ground-truth 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
+from typing import TypeGuard
 
 import numpy as np
 
@@ -22,6 +24,14 @@ METRICS: tuple[tuple[str, bool], ...] = (
 )
 METRIC_NAMES: tuple[str, ...] = tuple(name for name, _ in METRICS)
 LOWER_IS_BETTER: dict[str, bool] = dict(METRICS)
+
+
+def is_finite_number(value: object) -> TypeGuard[int | float]:
+    """A finite real number, not a bool: a metric value read from a record that can be shown,
+    ranked or plotted (JSON gives NaN, null and strings too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)
 
 
 def depth_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:

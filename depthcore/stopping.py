@@ -15,11 +15,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from depthcore import store
 from depthcore.errors import ConfigError
-from depthcore.metrics import METRIC_NAMES
+from depthcore.metrics import METRIC_NAMES, is_finite_number
 from depthcore.sweep import Sweep, Trial, expand, trial_from_params
 
 __all__ = [
@@ -42,7 +42,7 @@ TOP = "top:"
 def objective_value(record: Mapping[str, Any], split: str, metric: str) -> float | None:
     """The objective in an epoch's report: `val_<metric>` (objective val) or `<metric>`."""
     value = record.get(f"val_{metric}" if split == "val" else metric)
-    return float(value) if _number(value) else None
+    return float(value) if is_finite_number(value) else None
 
 
 def objective_curve(run_dir: str | Path, split: str, metric: str) -> dict[int, float]:
@@ -52,7 +52,7 @@ def objective_curve(run_dir: str | Path, split: str, metric: str) -> dict[int, f
     curve = {}
     for record in store.read_curves(run_dir):
         epoch, value = record.get("epoch"), record.get(metric)
-        if record.get("type") == kind and isinstance(epoch, int) and _number(value):
+        if record.get("type") == kind and isinstance(epoch, int) and is_finite_number(value):
             curve[epoch] = float(value)
     return curve
 
@@ -66,19 +66,19 @@ def final_objective(
         curve = objective_curve(run_dir, split, metric)
         return curve[max(curve)] if curve else None
     value = (final.get("metrics") or {}).get(metric)
-    return float(value) if _number(value) else None
+    return float(value) if is_finite_number(value) else None
 
 
 def stop_record(sweep: Sweep, trial: Trial, result: Mapping[str, Any]) -> dict[str, Any] | None:
     """stopped.json for a trial the scheduler stopped after the epoch of `result` (its last
     report to Ray), or None when `result` is no epoch's report (then nothing stopped it)."""
     epoch, value = result.get("epoch"), result.get(OBJECTIVE)
-    if result.get("final") or not _number(epoch) or not _number(value):
+    if result.get("final") or not is_finite_number(epoch) or not is_finite_number(value):
         return None
     split = trial.config.eval.objective
     prefix = "val_" if split == "val" else ""
     values = {m: result.get(prefix + m) for m in METRIC_NAMES}
-    metrics = {m: float(v) for m, v in values.items() if _number(v)}
+    metrics = {m: float(v) for m, v in values.items() if is_finite_number(v)}
     scheduler = sweep.file.scheduler
     return {
         "run_id": trial.run_id,
@@ -110,7 +110,7 @@ class Promotion:
         rec = self.stopped
         value = rec.get("value")
         shown = ""
-        if _number(value):
+        if is_finite_number(value):
             shown = f", {rec.get('objective')} {rec.get('metric')} {value:.4f}"
         left = self.trial.config.train.epochs - int(rec["epoch"])
         return (
@@ -180,7 +180,7 @@ def _top(sweep: Sweep, key: str, stopped: list[Promotion]) -> list[Promotion]:
 
     def rank(p: Promotion) -> float:
         value = p.stopped.get("value")
-        return sign * float(value) if _number(value) else math.inf
+        return sign * float(value) if is_finite_number(value) else math.inf
 
     return sorted(stopped, key=rank)[: int(count)]
 
@@ -210,8 +210,3 @@ def _not_stopped(sweep: Sweep, key: str, trial: Trial, results: str | Path) -> s
     else:
         why = f"is {status}, not stopped early; a rerun of {sweep.source} trains it"
     return f"--promote {key}: trial {trial.trial_id} {why}"
-
-
-def _number(value: Any) -> TypeGuard[int | float]:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return ok and math.isfinite(value)

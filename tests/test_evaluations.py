@@ -13,30 +13,13 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import TINY_OVERRIDES as TINY
 
 from depthcore import engine, store
 from depthcore.config import Config, load_config
 from depthcore.errors import ConfigError, DataError
 from depthcore.evaluate import evaluate_weights
 
-TINY = (
-    "data.dataset=synthetic",
-    "data.height=64",
-    "data.width=192",
-    "data.num_workers=0",
-    "data.synthetic.drives=2",
-    "data.synthetic.frames=12",
-    "data.synthetic.native_width=248",
-    "data.synthetic.native_height=75",
-    "model.pretrained=false",
-    "optim.batch_size=2",
-    "optim.warmup_steps=0",
-    "train.epochs=1",
-    "train.steps_per_epoch=2",
-    "train.device=cpu",
-    "eval.max_images=4",
-    "eval.batch_size=4",
-)
 # Other evaluation keys for the same run: flip post-processing, fewer images, two scales.
 OTHER_EVAL = ("eval.post_process=true", "eval.max_images=3", "eval.scales=[0,1]")
 

@@ -12,7 +12,7 @@ import functools
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from depthcore import store
-from depthcore.metrics import METRIC_NAMES
+from depthcore.metrics import METRIC_NAMES, is_finite_number
 from depthcore.report.tables import metric_header
 
 if TYPE_CHECKING:
@@ -183,17 +183,15 @@ def _curve(
     end: str | None = None,
 ) -> None:
     points = [(r.get(x), r.get(y)) for r in records if r.get("type") == kind]
-    points = [(float(a), float(b)) for a, b in points if _number(a) and _number(b)]
+    points = [
+        (float(a), float(b)) for a, b in points if is_finite_number(a) and is_finite_number(b)
+    ]
     if points:
         xs, ys = zip(*sorted(points), strict=True)
         marker = None if kind == "train" else "."
         ax.plot(xs, ys, color=colour, linewidth=0.8, linestyle=style, marker=marker)
         if end is not None:
             ax.plot(xs[-1:], ys[-1:], color=colour, marker=end, linestyle="none")
-
-
-def _number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 # ----------------------------------------------------------------------------------------------
